@@ -1,0 +1,645 @@
+// module.cpp: the pybind11 bindings of seqrec_fast._core, and the only file that includes pybind11.
+// Every bound function validates what it is handed (type, dtype, C-contiguity, shape, values) before
+// it touches memory, raising TypeError / ValueError that name the argument, what it got and what was
+// expected. It never converts or copies an input array: callers convert once, visibly, in Python.
+// Outputs are allocated here as NumPy arrays, then the GIL is released around the kernel.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "seqrec/parallel.h"
+#include "seqrec/sequence.h"
+#include "seqrec/types.h"
+
+#ifndef SEQREC_MODULE_NAME
+#define SEQREC_MODULE_NAME _core
+#endif
+#ifndef SEQREC_VERSION
+#define SEQREC_VERSION "dev"
+#endif
+#ifndef SEQREC_ISA
+#define SEQREC_ISA "generic"
+#endif
+
+namespace py = pybind11;
+using seqrec::Cell;
+using seqrec::Index;
+
+namespace {
+
+constexpr Index ANY = -1;
+
+std::string shape_str(const std::vector<Index>& s) {
+  std::ostringstream o;
+  o << "(";
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i) o << ", ";
+    if (s[i] == ANY) o << "?"; else o << s[i];
+  }
+  if (s.size() == 1) o << ",";
+  o << ")";
+  return o.str();
+}
+
+std::string shape_of(const py::array& a) {
+  std::vector<Index> s(a.shape(), a.shape() + a.ndim());
+  return shape_str(s);
+}
+
+// Validation of the arguments of one call; `fn` prefixes every message.
+struct Args {
+  const char* fn;
+
+  [[noreturn]] void type_error(const std::string& msg) const {
+    throw py::type_error(std::string(fn) + ": " + msg);
+  }
+  [[noreturn]] void value_error(const std::string& msg) const {
+    throw py::value_error(std::string(fn) + ": " + msg);
+  }
+
+  // A C-contiguous array of scalar T with the expected shape (ANY matches any extent; `what` names
+  // the shape in letters, e.g. "(B, H)").
+  template <class T>
+  py::array array(py::handle obj, const std::string& name, std::vector<Index> shape,
+                  const char* what) const {
+    if (!py::isinstance<py::array>(obj)) {
+      type_error("argument '" + name + "' must be a numpy.ndarray of dtype " +
+                 std::string(py::str(py::dtype::of<T>())) + ", got " +
+                 std::string(py::str(py::type::of(obj).attr("__name__"))));
+    }
+    auto a = py::reinterpret_borrow<py::array>(obj);
+    if (!a.dtype().is(py::dtype::of<T>())) {
+      type_error("argument '" + name + "' has dtype " + std::string(py::str(a.dtype())) +
+                 "; expected " + std::string(py::str(py::dtype::of<T>())) +
+                 " (all float arguments of one call share a dtype; convert with "
+                 "np.ascontiguousarray(x, dtype=...))");
+    }
+    check_shape(a, name, shape, what);
+    if (!(a.flags() & py::array::c_style)) {
+      value_error("argument '" + name + "' must be C-contiguous; got a strided array of shape " +
+                  shape_of(a) + " (use np.ascontiguousarray)");
+    }
+    return a;
+  }
+
+  void check_shape(const py::array& a, const std::string& name, const std::vector<Index>& shape,
+                   const char* what) const {
+    bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+    for (size_t i = 0; ok && i < shape.size(); ++i) {
+      ok = shape[i] == ANY || a.shape(i) == shape[i];
+    }
+    if (!ok) {
+      value_error("argument '" + name + "' has shape " + shape_of(a) + "; expected " + what +
+                  " = " + shape_str(shape));
+    }
+  }
+
+  // A reset mask: bool or uint8, C-contiguous, shape (T, B); None means no resets.
+  const std::uint8_t* mask(py::handle obj, const std::string& name, Index T, Index B,
+                           py::array& keep) const {
+    if (obj.is_none()) return nullptr;
+    if (!py::isinstance<py::array>(obj)) {
+      type_error("argument '" + name + "' must be None or a numpy.ndarray of dtype bool or uint8");
+    }
+    keep = py::reinterpret_borrow<py::array>(obj);
+    const char kind = keep.dtype().kind();
+    if (!((kind == 'b' || kind == 'u') && keep.dtype().itemsize() == 1)) {
+      type_error("argument '" + name + "' has dtype " + std::string(py::str(keep.dtype())) +
+                 "; expected bool or uint8");
+    }
+    check_shape(keep, name, {T, B}, "(T, B)");
+    if (!(keep.flags() & py::array::c_style)) {
+      value_error("argument '" + name + "' must be C-contiguous (use np.ascontiguousarray)");
+    }
+    return static_cast<const std::uint8_t*>(keep.data());
+  }
+
+  int threads(int num_threads) const {
+    if (num_threads < 1) {
+      value_error("num_threads must be >= 1, got " + std::to_string(num_threads));
+    }
+    return num_threads;
+  }
+};
+
+Cell parse_cell(const Args& args, const std::string& cell) {
+  if (cell == "rnn") return Cell::RNN;
+  if (cell == "gru") return Cell::GRU;
+  if (cell == "lstm") return Cell::LSTM;
+  args.value_error("cell must be one of 'rnn', 'gru', 'lstm'; got '" + cell + "'");
+}
+
+template <class T>
+T* ptr(py::array& a) {
+  return static_cast<T*>(a.mutable_data());
+}
+template <class T>
+const T* cptr(const py::array& a) {
+  return static_cast<const T*>(a.data());
+}
+
+template <class T>
+py::array zeros(std::vector<Index> shape) {
+  std::vector<py::ssize_t> s(shape.begin(), shape.end());
+  py::array_t<T> a(s);
+  std::fill(a.mutable_data(), a.mutable_data() + a.size(), T(0));
+  return std::move(a);
+}
+template <class T>
+py::array empty(std::vector<Index> shape) {
+  std::vector<py::ssize_t> s(shape.begin(), shape.end());
+  return py::array_t<T>(s);
+}
+
+// Which float type a call runs in: the dtype of its first float argument.
+enum class DType { F32, F64 };
+DType dtype_of(const Args& args, py::handle obj, const char* name) {
+  if (!py::isinstance<py::array>(obj)) {
+    args.type_error(std::string("argument '") + name +
+                    "' must be a numpy.ndarray of dtype float32 or float64, got " +
+                    std::string(py::str(py::type::of(obj).attr("__name__"))));
+  }
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (a.dtype().is(py::dtype::of<float>())) return DType::F32;
+  if (a.dtype().is(py::dtype::of<double>())) return DType::F64;
+  args.type_error(std::string("argument '") + name + "' has dtype " + std::string(py::str(a.dtype())) +
+                  "; expected float32 or float64");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer stack: weights and caches as Python lists, validated into LayerParams / LayerCache.
+
+template <class T>
+struct Stack {
+  std::vector<seqrec::LayerParams<T>> params;
+  std::vector<py::array> keep;  // keeps the validated arrays alive
+};
+
+template <class T>
+Stack<T> parse_weights(const Args& args, Cell cell, py::handle weights, Index E) {
+  if (!py::isinstance<py::sequence>(weights) || py::isinstance<py::str>(weights)) {
+    args.type_error("argument 'weights' must be a list of (W_x, W_h, b) tuples, one per layer");
+  }
+  auto seq = py::reinterpret_borrow<py::sequence>(weights);
+  if (seq.size() == 0) args.value_error("argument 'weights' is empty; expected at least one layer");
+  const Index G = seqrec::gate_count(cell);
+  Stack<T> s;
+  Index in = E;
+  for (size_t l = 0; l < seq.size(); ++l) {
+    py::handle item = seq[l];
+    if (!py::isinstance<py::sequence>(item) || py::len(item) != 3) {
+      args.type_error("weights[" + std::to_string(l) + "] must be a (W_x, W_h, b) tuple");
+    }
+    auto t = py::reinterpret_borrow<py::sequence>(item);
+    const std::string pre = "weights[" + std::to_string(l) + "].";
+    py::object whobj = t[1];
+    if (!py::isinstance<py::array>(whobj) || py::reinterpret_borrow<py::array>(whobj).ndim() != 2) {
+      args.value_error("argument '" + pre + "W_h' must be a 2-d array (H, G*H)");
+    }
+    const Index H = py::reinterpret_borrow<py::array>(whobj).shape(0);
+    if (H < 1) args.value_error("argument '" + pre + "W_h' has H = 0; expected H >= 1");
+    auto Wx = args.array<T>(t[0], pre + "W_x", {in, G * H}, "(I, G*H)");
+    auto Wh = args.array<T>(whobj, pre + "W_h", {H, G * H}, "(H, G*H)");
+    auto b = args.array<T>(t[2], pre + "b", {G * H}, "(G*H,)");
+    s.params.push_back({cptr<T>(Wx), cptr<T>(Wh), cptr<T>(b), in, H});
+    s.keep.insert(s.keep.end(), {Wx, Wh, b});
+    in = H;
+  }
+  return s;
+}
+
+// A list of L state arrays, shapes (B, H_l).
+template <class T>
+std::vector<const T*> parse_states(const Args& args, py::handle obj, const char* name,
+                                   const Stack<T>& st, Index B, std::vector<py::array>& keep) {
+  const size_t L = st.params.size();
+  if (!py::isinstance<py::sequence>(obj) || py::len(obj) != L) {
+    args.type_error(std::string("argument '") + name + "' must be a list of " + std::to_string(L) +
+                    " arrays of shape (B, H_l), one per layer");
+  }
+  auto seq = py::reinterpret_borrow<py::sequence>(obj);
+  std::vector<const T*> out;
+  for (size_t l = 0; l < L; ++l) {
+    auto a = args.array<T>(seq[l], std::string(name) + "[" + std::to_string(l) + "]",
+                           {B, st.params[l].H}, "(B, H_l)");
+    keep.push_back(a);
+    out.push_back(cptr<T>(a));
+  }
+  return out;
+}
+
+template <Cell K, class T>
+py::tuple sequence_forward_impl(const Args& args, py::handle X_, py::handle h0_, py::handle c0_,
+                                py::handle reset_, py::handle weights_, int nt) {
+  constexpr Index G = seqrec::gate_count(K);
+  auto X = args.array<T>(X_, "X", {ANY, ANY, ANY}, "(T, B, E)");
+  const Index Tn = X.shape(0), B = X.shape(1), E = X.shape(2);
+  if (Tn < 1) args.value_error("X has T = 0 steps; expected T >= 1");
+  if (B < 1) args.value_error("X has B = 0 rows; expected B >= 1");
+  auto st = parse_weights<T>(args, K, weights_, E);
+  const size_t L = st.params.size();
+  std::vector<py::array> keep;
+  auto h0 = parse_states<T>(args, h0_, "h0", st, B, keep);
+  std::vector<const T*> c0;
+  if constexpr (K == Cell::LSTM) {
+    c0 = parse_states<T>(args, c0_, "c0", st, B, keep);
+  } else if (!c0_.is_none()) {
+    args.value_error("c0 must be None for cell '" + std::string(K == Cell::RNN ? "rnn" : "gru") + "'");
+  }
+  py::array rkeep;
+  const std::uint8_t* reset = args.mask(reset_, "reset", Tn, B, rkeep);
+
+  py::list caches, h_last, c_last;
+  std::vector<seqrec::LayerCache<T>> lc(L);
+  for (size_t l = 0; l < L; ++l) {
+    const Index H = st.params[l].H;
+    py::dict d;
+    auto h_in = empty<T>({Tn, B, H}), h_out = empty<T>({Tn, B, H});
+    d["h_in"] = h_in;
+    d["h_out"] = h_out;
+    lc[l] = {ptr<T>(h_in), ptr<T>(h_out), nullptr, nullptr, nullptr};
+    if constexpr (K != Cell::RNN) {
+      auto g = empty<T>({Tn, B, G * H});
+      d["gates"] = g;
+      lc[l].gates = ptr<T>(g);
+    }
+    if constexpr (K == Cell::LSTM) {
+      auto ci = empty<T>({Tn, B, H}), co = empty<T>({Tn, B, H});
+      d["c_in"] = ci;
+      d["c_out"] = co;
+      lc[l].c_in = ptr<T>(ci);
+      lc[l].c_out = ptr<T>(co);
+    }
+    caches.append(d);
+  }
+  {
+    py::gil_scoped_release release;
+    for (size_t l = 0; l < L; ++l) {
+      const T* in = l == 0 ? cptr<T>(X) : lc[l - 1].h_out;
+      seqrec::layer_forward<K, T>(Tn, B, st.params[l], in, h0[l],
+                                  K == Cell::LSTM ? c0[l] : nullptr, reset, lc[l], nt);
+    }
+  }
+  for (size_t l = 0; l < L; ++l) {
+    const Index H = st.params[l].H;
+    auto hl = empty<T>({B, H});
+    std::copy(lc[l].h_out + (Tn - 1) * B * H, lc[l].h_out + Tn * B * H, ptr<T>(hl));
+    h_last.append(hl);
+    if constexpr (K == Cell::LSTM) {
+      auto cl = empty<T>({B, H});
+      std::copy(lc[l].c_out + (Tn - 1) * B * H, lc[l].c_out + Tn * B * H, ptr<T>(cl));
+      c_last.append(cl);
+    }
+  }
+  py::object Y = caches[L - 1]["h_out"];
+  py::object c_ret = K == Cell::LSTM ? py::object(c_last) : py::object(py::none());
+  return py::make_tuple(Y, h_last, c_ret, caches);
+}
+
+template <Cell K, class T>
+py::tuple sequence_backward_impl(const Args& args, py::handle dY_, py::handle dh_last_,
+                                 py::handle dc_last_, py::handle X_, py::handle reset_,
+                                 py::handle weights_, py::handle cache_, int nt) {
+  constexpr Index G = seqrec::gate_count(K);
+  auto X = args.array<T>(X_, "X", {ANY, ANY, ANY}, "(T, B, E)");
+  const Index Tn = X.shape(0), B = X.shape(1), E = X.shape(2);
+  if (Tn < 1) args.value_error("X has T = 0 steps; expected T >= 1");
+  if (B < 1) args.value_error("X has B = 0 rows; expected B >= 1");
+  auto st = parse_weights<T>(args, K, weights_, E);
+  const size_t L = st.params.size();
+  const Index HL = st.params[L - 1].H;
+  auto dY = args.array<T>(dY_, "dY", {Tn, B, HL}, "(T, B, H_L)");
+  std::vector<py::array> keep;
+  std::vector<const T*> dh_last, dc_last;
+  if (!dh_last_.is_none()) dh_last = parse_states<T>(args, dh_last_, "dh_last", st, B, keep);
+  if constexpr (K == Cell::LSTM) {
+    if (!dc_last_.is_none()) dc_last = parse_states<T>(args, dc_last_, "dc_last", st, B, keep);
+  } else if (!dc_last_.is_none()) {
+    args.value_error("dc_last must be None for a cell without memory cell");
+  }
+  py::array rkeep;
+  const std::uint8_t* reset = args.mask(reset_, "reset", Tn, B, rkeep);
+  if (!py::isinstance<py::sequence>(cache_) || py::len(cache_) != L) {
+    args.type_error("argument 'cache' must be the list of " + std::to_string(L) +
+                    " per-layer dicts returned by sequence_forward");
+  }
+  auto cseq = py::reinterpret_borrow<py::sequence>(cache_);
+  std::vector<seqrec::LayerCache<const T>> lc(L);
+  for (size_t l = 0; l < L; ++l) {
+    const Index H = st.params[l].H;
+    py::handle d = cseq[l];
+    if (!py::isinstance<py::dict>(d)) args.type_error("cache[" + std::to_string(l) + "] must be a dict");
+    auto dict = py::reinterpret_borrow<py::dict>(d);
+    auto get = [&](const char* key, Index width) -> const T* {
+      const std::string nm = "cache[" + std::to_string(l) + "]['" + key + "']";
+      if (!dict.contains(key)) args.value_error(nm + " is missing");
+      auto a = args.array<T>(dict[key], nm, {Tn, B, width}, width == H ? "(T, B, H)" : "(T, B, G*H)");
+      keep.push_back(a);
+      return cptr<T>(a);
+    };
+    lc[l] = {get("h_in", H), get("h_out", H), nullptr, nullptr, nullptr};
+    if constexpr (K != Cell::RNN) lc[l].gates = get("gates", G * H);
+    if constexpr (K == Cell::LSTM) {
+      lc[l].c_in = get("c_in", H);
+      lc[l].c_out = get("c_out", H);
+    }
+  }
+
+  auto dX = empty<T>({Tn, B, E});
+  py::list dh0, dc0, grads;
+  std::vector<T*> carry_h(L), carry_c(L, nullptr);
+  std::vector<std::array<T*, 3>> gp(L);
+  for (size_t l = 0; l < L; ++l) {
+    const Index H = st.params[l].H, I = st.params[l].I;
+    auto ch = zeros<T>({B, H});
+    if (!dh_last.empty()) std::copy(dh_last[l], dh_last[l] + B * H, ptr<T>(ch));
+    carry_h[l] = ptr<T>(ch);
+    dh0.append(ch);
+    if constexpr (K == Cell::LSTM) {
+      auto cc = zeros<T>({B, H});
+      if (!dc_last.empty()) std::copy(dc_last[l], dc_last[l] + B * H, ptr<T>(cc));
+      carry_c[l] = ptr<T>(cc);
+      dc0.append(cc);
+    }
+    auto dWx = empty<T>({I, G * H}), dWh = empty<T>({H, G * H}), db = empty<T>({G * H});
+    gp[l] = {ptr<T>(dWx), ptr<T>(dWh), ptr<T>(db)};
+    grads.append(py::make_tuple(dWx, dWh, db));
+  }
+  {
+    py::gil_scoped_release release;
+    std::vector<T> dIn_above, dIn;
+    const T* dOut = cptr<T>(dY);
+    for (size_t l = L; l-- > 0;) {
+      const auto& p = st.params[l];
+      const T* in = l == 0 ? cptr<T>(X) : lc[l - 1].h_out;
+      T* dIn_ptr;
+      if (l == 0) {
+        dIn_ptr = ptr<T>(dX);
+      } else {
+        dIn.assign(static_cast<size_t>(Tn * B * p.I), T(0));
+        dIn_ptr = dIn.data();
+      }
+      seqrec::layer_backward<K, T>(Tn, B, p, in, reset, lc[l], dOut, carry_h[l], carry_c[l], dIn_ptr,
+                                   gp[l][0], gp[l][1], gp[l][2], nt);
+      if (l > 0) {
+        dIn_above.swap(dIn);
+        dOut = dIn_above.data();
+      }
+    }
+  }
+  py::object dc_ret = K == Cell::LSTM ? py::object(dc0) : py::object(py::none());
+  return py::make_tuple(dX, dh0, dc_ret, grads);
+}
+
+template <class T>
+py::tuple dispatch_forward(Cell cell, const Args& a, py::handle X, py::handle h0, py::handle c0,
+                           py::handle reset, py::handle w, int nt) {
+  switch (cell) {
+    case Cell::RNN: return sequence_forward_impl<Cell::RNN, T>(a, X, h0, c0, reset, w, nt);
+    case Cell::GRU: return sequence_forward_impl<Cell::GRU, T>(a, X, h0, c0, reset, w, nt);
+    default: return sequence_forward_impl<Cell::LSTM, T>(a, X, h0, c0, reset, w, nt);
+  }
+}
+template <class T>
+py::tuple dispatch_backward(Cell cell, const Args& a, py::handle dY, py::handle dh, py::handle dc,
+                            py::handle X, py::handle reset, py::handle w, py::handle cache, int nt) {
+  switch (cell) {
+    case Cell::RNN: return sequence_backward_impl<Cell::RNN, T>(a, dY, dh, dc, X, reset, w, cache, nt);
+    case Cell::GRU: return sequence_backward_impl<Cell::GRU, T>(a, dY, dh, dc, X, reset, w, cache, nt);
+    default: return sequence_backward_impl<Cell::LSTM, T>(a, dY, dh, dc, X, reset, w, cache, nt);
+  }
+}
+
+py::tuple sequence_forward(const std::string& cell, py::object X, py::object h0, py::object c0,
+                           py::object reset, py::object weights, int num_threads) {
+  Args a{"sequence_forward"};
+  const Cell k = parse_cell(a, cell);
+  const int nt = a.threads(num_threads);
+  if (dtype_of(a, X, "X") == DType::F32) return dispatch_forward<float>(k, a, X, h0, c0, reset, weights, nt);
+  return dispatch_forward<double>(k, a, X, h0, c0, reset, weights, nt);
+}
+
+py::tuple sequence_backward(const std::string& cell, py::object dY, py::object dh_last,
+                            py::object dc_last, py::object X, py::object reset, py::object weights,
+                            py::object cache, int num_threads) {
+  Args a{"sequence_backward"};
+  const Cell k = parse_cell(a, cell);
+  const int nt = a.threads(num_threads);
+  if (dtype_of(a, X, "X") == DType::F32)
+    return dispatch_backward<float>(k, a, dY, dh_last, dc_last, X, reset, weights, cache, nt);
+  return dispatch_backward<double>(k, a, dY, dh_last, dc_last, X, reset, weights, cache, nt);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Single-step cell kernels: the T = 1, L = 1 case of the layer kernels, with flat arguments.
+
+// Adds a leading T = 1 axis to a (B, W) array without copying (a view).
+py::array step_view(const py::array& a) {
+  return a.attr("reshape")(py::make_tuple(1, a.shape(0), a.shape(1)));
+}
+
+template <Cell K, class T>
+py::tuple cell_forward_impl(const Args& args, py::handle x_, py::handle h_, py::handle c_,
+                            py::handle W_x, py::handle W_h, py::handle b, int nt) {
+  constexpr Index G = seqrec::gate_count(K);
+  auto x = args.array<T>(x_, "x", {ANY, ANY}, "(B, E)");
+  const Index B = x.shape(0), E = x.shape(1);
+  if (B < 1) args.value_error("x has B = 0 rows; expected B >= 1");
+  auto h = args.array<T>(h_, "h", {B, ANY}, "(B, H)");
+  const Index H = h.shape(1);
+  if (H < 1) args.value_error("h has H = 0 columns; expected H >= 1");
+  auto wx = args.array<T>(W_x, "W_x", {E, G * H}, "(E, G*H)");
+  auto wh = args.array<T>(W_h, "W_h", {H, G * H}, "(H, G*H)");
+  auto bb = args.array<T>(b, "b", {G * H}, "(G*H,)");
+  py::array c;
+  if constexpr (K == Cell::LSTM) c = args.array<T>(c_, "c", {B, H}, "(B, H)");
+  seqrec::LayerParams<T> p{cptr<T>(wx), cptr<T>(wh), cptr<T>(bb), E, H};
+  auto h_new = empty<T>({B, H});
+  py::array gates, c_new, h_in_dummy = empty<T>({B, H});
+  seqrec::LayerCache<T> lc{ptr<T>(h_in_dummy), ptr<T>(h_new), nullptr, nullptr, nullptr};
+  py::array c_in_dummy;
+  if constexpr (K != Cell::RNN) {
+    gates = empty<T>({B, G * H});
+    lc.gates = ptr<T>(gates);
+  }
+  if constexpr (K == Cell::LSTM) {
+    c_new = empty<T>({B, H});
+    c_in_dummy = empty<T>({B, H});
+    lc.c_in = ptr<T>(c_in_dummy);
+    lc.c_out = ptr<T>(c_new);
+  }
+  {
+    py::gil_scoped_release release;
+    seqrec::layer_forward<K, T>(1, B, p, cptr<T>(x), cptr<T>(h),
+                                K == Cell::LSTM ? cptr<T>(c) : nullptr, nullptr, lc, nt);
+  }
+  if constexpr (K == Cell::RNN) return py::make_tuple(h_new);
+  else if constexpr (K == Cell::GRU) return py::make_tuple(h_new, gates);
+  else return py::make_tuple(h_new, c_new, gates);
+}
+
+// Backward of one step. `saved` holds what forward returned that backward needs:
+// rnn: h_new; gru: gates; lstm: (c_new, gates).
+template <Cell K, class T>
+py::tuple cell_backward_impl(const Args& args, py::handle dh_new_, py::handle dc_new_,
+                             py::handle x_, py::handle h_, py::handle c_, py::handle h_new_,
+                             py::handle c_new_, py::handle gates_, py::handle W_x,
+                             py::handle W_h, int nt) {
+  constexpr Index G = seqrec::gate_count(K);
+  auto x = args.array<T>(x_, "x", {ANY, ANY}, "(B, E)");
+  const Index B = x.shape(0), E = x.shape(1);
+  if (B < 1) args.value_error("x has B = 0 rows; expected B >= 1");
+  auto h = args.array<T>(h_, "h", {B, ANY}, "(B, H)");
+  const Index H = h.shape(1);
+  if (H < 1) args.value_error("h has H = 0 columns; expected H >= 1");
+  auto dh_new = args.array<T>(dh_new_, "dh_new", {B, H}, "(B, H)");
+  auto wx = args.array<T>(W_x, "W_x", {E, G * H}, "(E, G*H)");
+  auto wh = args.array<T>(W_h, "W_h", {H, G * H}, "(H, G*H)");
+  seqrec::LayerParams<T> p{cptr<T>(wx), cptr<T>(wh), nullptr, E, H};
+  seqrec::LayerCache<const T> lc{cptr<T>(h), nullptr, nullptr, nullptr, nullptr};
+  py::array h_new, gates, c, c_new, dc_new;
+  if constexpr (K == Cell::RNN) {
+    h_new = args.array<T>(h_new_, "h_new", {B, H}, "(B, H)");
+    lc.h_out = cptr<T>(h_new);
+  } else {
+    gates = args.array<T>(gates_, "gates", {B, G * H}, "(B, G*H)");
+    lc.gates = cptr<T>(gates);
+  }
+  auto dh = empty<T>({B, H});
+  std::copy(cptr<T>(dh_new), cptr<T>(dh_new) + B * H, ptr<T>(dh));  // dh_new enters as the carry
+  auto zero_out = zeros<T>({B, H});
+  py::array dc;
+  if constexpr (K == Cell::LSTM) {
+    c = args.array<T>(c_, "c", {B, H}, "(B, H)");
+    c_new = args.array<T>(c_new_, "c_new", {B, H}, "(B, H)");
+    dc_new = args.array<T>(dc_new_, "dc_new", {B, H}, "(B, H)");
+    lc.c_in = cptr<T>(c);
+    lc.c_out = cptr<T>(c_new);
+    dc = empty<T>({B, H});
+    std::copy(cptr<T>(dc_new), cptr<T>(dc_new) + B * H, ptr<T>(dc));
+  }
+  auto dx = empty<T>({B, E});
+  auto dWx = empty<T>({E, G * H}), dWh = empty<T>({H, G * H}), db = empty<T>({G * H});
+  {
+    py::gil_scoped_release release;
+    seqrec::layer_backward<K, T>(1, B, p, cptr<T>(x), nullptr, lc, cptr<T>(zero_out), ptr<T>(dh),
+                                 K == Cell::LSTM ? ptr<T>(dc) : nullptr, ptr<T>(dx), ptr<T>(dWx),
+                                 ptr<T>(dWh), ptr<T>(db), nt);
+  }
+  if constexpr (K == Cell::LSTM) return py::make_tuple(dx, dh, dc, dWx, dWh, db);
+  else return py::make_tuple(dx, dh, dWx, dWh, db);
+}
+
+template <Cell K>
+py::tuple cell_forward(const char* fn, py::handle x, py::handle h, py::handle c, py::handle W_x,
+                       py::handle W_h, py::handle b, int num_threads) {
+  Args a{fn};
+  const int nt = a.threads(num_threads);
+  if (dtype_of(a, x, "x") == DType::F32) return cell_forward_impl<K, float>(a, x, h, c, W_x, W_h, b, nt);
+  return cell_forward_impl<K, double>(a, x, h, c, W_x, W_h, b, nt);
+}
+
+template <Cell K>
+py::tuple cell_backward(const char* fn, py::handle dh_new, py::handle dc_new, py::handle x,
+                        py::handle h, py::handle c, py::handle h_new, py::handle c_new,
+                        py::handle gates, py::handle W_x, py::handle W_h, int num_threads) {
+  Args a{fn};
+  const int nt = a.threads(num_threads);
+  if (dtype_of(a, x, "x") == DType::F32)
+    return cell_backward_impl<K, float>(a, dh_new, dc_new, x, h, c, h_new, c_new, gates, W_x, W_h, nt);
+  return cell_backward_impl<K, double>(a, dh_new, dc_new, x, h, c, h_new, c_new, gates, W_x, W_h, nt);
+}
+
+int max_threads() {
+#ifdef SEQREC_HAVE_OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
+  m.doc() = "seqrec_fast C++ kernels (private; use the seqrec_fast package API).";
+  m.attr("__version__") = SEQREC_VERSION;
+  m.attr("ISA") = SEQREC_ISA;
+  m.def("openmp_enabled", &seqrec::have_openmp, "True when the kernels were built with OpenMP.");
+  m.def("max_threads", &max_threads, "OpenMP's default thread count (1 without OpenMP).");
+  m.def("eigen_simd", []() { return std::string(Eigen::SimdInstructionSetsInUse()); },
+        "The SIMD instruction sets Eigen was compiled for.");
+  py::options opts;
+
+  m.def("rnn_forward",
+        [](py::object x, py::object h, py::object W_x, py::object W_h, py::object b, int nt) {
+          py::tuple out = cell_forward<Cell::RNN>("rnn_forward", x, h, py::none(), W_x, W_h, b, nt);
+          return py::object(out[0]);
+        },
+        py::arg("x"), py::arg("h"), py::arg("W_x"), py::arg("W_h"), py::arg("b"),
+        py::arg("num_threads") = 1,
+        "One Elman step h' = tanh(x·W_x + h·W_h + b).\n\n"
+        "x (B, E), h (B, H), W_x (E, H), W_h (H, H), b (H,); float32 or float64, C-contiguous.\n"
+        "Returns h_new (B, H).");
+  m.def("rnn_backward",
+        [](py::object dh_new, py::object x, py::object h, py::object h_new, py::object W_x,
+           py::object W_h, int nt) {
+          return cell_backward<Cell::RNN>("rnn_backward", dh_new, py::none(), x, h, py::none(), h_new,
+                                          py::none(), py::none(), W_x, W_h, nt);
+        },
+        py::arg("dh_new"), py::arg("x"), py::arg("h"), py::arg("h_new"), py::arg("W_x"),
+        py::arg("W_h"), py::arg("num_threads") = 1,
+        "Backward of rnn_forward. Returns (dx, dh, dW_x, dW_h, db).");
+  m.def("gru_forward",
+        [](py::object x, py::object h, py::object W_x, py::object W_h, py::object b, int nt) {
+          return cell_forward<Cell::GRU>("gru_forward", x, h, py::none(), W_x, W_h, b, nt);
+        },
+        py::arg("x"), py::arg("h"), py::arg("W_x"), py::arg("W_h"), py::arg("b"),
+        py::arg("num_threads") = 1,
+        "One GRU4Rec GRU step (reset gate before the hidden product).\n\n"
+        "x (B, E), h (B, H), W_x (E, 3H), W_h (H, 3H), b (3H,), gate blocks [r | z | c].\n"
+        "Returns (h_new (B, H), gates (B, 3H) = activated [r, z, c]).");
+  m.def("gru_backward",
+        [](py::object dh_new, py::object x, py::object h, py::object gates, py::object W_x,
+           py::object W_h, int nt) {
+          return cell_backward<Cell::GRU>("gru_backward", dh_new, py::none(), x, h, py::none(),
+                                          py::none(), py::none(), gates, W_x, W_h, nt);
+        },
+        py::arg("dh_new"), py::arg("x"), py::arg("h"), py::arg("gates"), py::arg("W_x"),
+        py::arg("W_h"), py::arg("num_threads") = 1,
+        "Backward of gru_forward. Returns (dx, dh, dW_x, dW_h, db).");
+  m.def("lstm_forward",
+        [](py::object x, py::object h, py::object c, py::object W_x, py::object W_h, py::object b,
+           int nt) { return cell_forward<Cell::LSTM>("lstm_forward", x, h, c, W_x, W_h, b, nt); },
+        py::arg("x"), py::arg("h"), py::arg("c"), py::arg("W_x"), py::arg("W_h"), py::arg("b"),
+        py::arg("num_threads") = 1,
+        "One LSTM step. x (B, E), h and c (B, H), W_x (E, 4H), W_h (H, 4H), b (4H,), gate blocks\n"
+        "[i | f | g | o]. Returns (h_new, c_new, gates (B, 4H) activated).");
+  m.def("lstm_backward",
+        [](py::object dh_new, py::object dc_new, py::object x, py::object h, py::object c,
+           py::object c_new, py::object gates, py::object W_x, py::object W_h, int nt) {
+          return cell_backward<Cell::LSTM>("lstm_backward", dh_new, dc_new, x, h, c, py::none(),
+                                           c_new, gates, W_x, W_h, nt);
+        },
+        py::arg("dh_new"), py::arg("dc_new"), py::arg("x"), py::arg("h"), py::arg("c"),
+        py::arg("c_new"), py::arg("gates"), py::arg("W_x"), py::arg("W_h"),
+        py::arg("num_threads") = 1,
+        "Backward of lstm_forward. Returns (dx, dh, dc, dW_x, dW_h, db).");
+  m.def("sequence_forward", &sequence_forward, py::arg("cell"), py::arg("X"), py::arg("h0"),
+        py::arg("c0"), py::arg("reset"), py::arg("weights"), py::arg("num_threads") = 1,
+        "Forward over a window of T steps through L stacked layers.\n\n"
+        "cell: 'rnn' | 'gru' | 'lstm'. X (T, B, E). h0: list of L arrays (B, H_l); c0: same for lstm,\n"
+        "else None. reset: None or (T, B) bool/uint8, nonzero zeroes the row's carried state before\n"
+        "step t. weights: list of L (W_x (I_l, G*H_l), W_h (H_l, G*H_l), b (G*H_l,)).\n"
+        "Returns (Y (T, B, H_L), h_last list, c_last list or None, cache list of per-layer dicts).");
+  m.def("sequence_backward", &sequence_backward, py::arg("cell"), py::arg("dY"), py::arg("dh_last"),
+        py::arg("dc_last"), py::arg("X"), py::arg("reset"), py::arg("weights"), py::arg("cache"),
+        py::arg("num_threads") = 1,
+        "Truncated BPTT over the window of sequence_forward. dY (T, B, H_L); dh_last / dc_last:\n"
+        "None or lists of (B, H_l). Returns (dX (T, B, E), dh0 list, dc0 list or None,\n"
+        "grads list of (dW_x, dW_h, db)).");
+}

@@ -1,0 +1,37 @@
+// rnn.h: one step of the plain Elman cell, h' = tanh(x·W_x + h·W_h + b) (DESIGN.md §3.1), on a block
+// of n rows.
+// Holds: the row-block step forward and backward. The input product x·W_x + b is done by the caller
+// (sequence.h), so these functions add only the recurrent part.
+// Not here: loops over time, layers or threads (sequence.h owns them); weight gradients (done once per
+// window in sequence.h as one product over all T·B rows).
+#pragma once
+
+#include "types.h"
+
+namespace seqrec {
+
+// a      (n, H)  in: x·W_x + b; out: h' (the rnn keeps no separate gates: h' is its cache)
+// h      (n, H)  state entering the step
+// W_h    (H, H)
+template <class T>
+void rnn_step_forward(Index n, Index H, T* a, const T* h, const T* W_h) {
+  MapR<T> A(a, n, H);
+  A.noalias() += CMapR<T>(h, n, H) * CMapR<T>(W_h, H, H);
+  A = A.array().tanh();
+}
+
+// dh     (n, H)  gradient reaching h' (output + carried)
+// h_out  (n, H)  h' from forward
+// W_h    (H, H)
+// dA     (n, H)  out: gradient of the pre-activation
+// dh_prev(n, H)  out: gradient of the entering state (before the reset mask)
+template <class T>
+void rnn_step_backward(Index n, Index H, const T* dh, const T* h_out, const T* W_h, T* dA,
+                       T* dh_prev) {
+  MapR<T> DA(dA, n, H);
+  CMapR<T> Y(h_out, n, H);
+  DA = CMapR<T>(dh, n, H).array() * (T(1) - Y.array().square());
+  MapR<T>(dh_prev, n, H).noalias() = DA * CMapR<T>(W_h, H, H).transpose();
+}
+
+}  // namespace seqrec

@@ -1,0 +1,160 @@
+// sequence.h: truncated BPTT over a window of T steps for one stacked layer, for every cell.
+// Holds: layer_forward / layer_backward. A stack of L layers is run layer by layer by the caller
+// (layer l over all T steps, then l+1): layer l at step t needs only layer l−1 at t and itself at t−1.
+// Reset: reset[t, b] != 0 zeroes row b's carried state before step t (a new session took the slot),
+// so no value and no gradient crosses a session boundary.
+// Parallel: over batch rows, one parallel region per time step (rows are independent within a step);
+// the weight gradients are then one product over all T·B rows, parallel over output columns, so no
+// thread-local partial sums are needed and results are deterministic for a given thread count.
+// Not here: losses, dropout and the output layer (other headers); allocation (the caller owns memory).
+#pragma once
+
+#include <vector>
+
+#include "gru.h"
+#include "lstm.h"
+#include "parallel.h"
+#include "rnn.h"
+#include "types.h"
+
+namespace seqrec {
+
+namespace detail {
+// Rows [r0, r1) of h_in[t] = reset[t] ? 0 : prev.
+template <class T>
+void masked_copy(Index r0, Index r1, Index H, const T* prev, const std::uint8_t* reset_t, T* out) {
+  for (Index r = r0; r < r1; ++r) {
+    T* o = out + r * H;
+    if (reset_t && reset_t[r]) {
+      std::fill(o, o + H, T(0));
+    } else {
+      const T* p = prev + r * H;
+      std::copy(p, p + H, o);
+    }
+  }
+}
+}  // namespace detail
+
+// Forward over T steps of one layer.
+//   X      (T, B, I)   layer input
+//   h0, c0 (B, H)      state before step 0 (c0 only for lstm)
+//   reset  (T, B)      uint8, or null for no resets
+//   cache              LayerCache<T> (see types.h); filled here
+// For rnn the pre-activation is built in h_out (no gates buffer).
+template <Cell K, class T>
+void layer_forward(Index Tn, Index B, const LayerParams<T>& p, const T* X, const T* h0, const T* c0,
+                   const std::uint8_t* reset, const LayerCache<T>& cache, int num_threads) {
+  constexpr int G = gate_count(K);
+  const Index H = p.H, I = p.I, GH = G * H;
+  CMapR<T> Wx(p.W_x, I, GH);
+  CVecMap<T> bias(p.b, GH);
+  std::vector<T> scratch(K == Cell::GRU ? B * H : 0);
+  for (Index t = 0; t < Tn; ++t) {
+    const T* prev_h = t == 0 ? h0 : cache.h_out + (t - 1) * B * H;
+    const T* prev_c = K == Cell::LSTM ? (t == 0 ? c0 : cache.c_out + (t - 1) * B * H) : nullptr;
+    const std::uint8_t* rt = reset ? reset + t * B : nullptr;
+    T* h_in = cache.h_in + t * B * H;
+    T* h_out = cache.h_out + t * B * H;
+    T* a = K == Cell::RNN ? h_out : cache.gates + t * B * GH;
+    const T* x = X + t * B * I;
+    parallel_for(B, num_threads, [&](Index r0, Index r1) {
+      const Index n = r1 - r0;
+      detail::masked_copy(r0, r1, H, prev_h, rt, h_in);
+      MapR<T> A(a + r0 * GH, n, GH);
+      A.noalias() = CMapR<T>(x + r0 * I, n, I) * Wx;
+      A.rowwise() += bias;
+      if constexpr (K == Cell::RNN) {
+        rnn_step_forward(n, H, a + r0 * GH, h_in + r0 * H, p.W_h);
+      } else if constexpr (K == Cell::GRU) {
+        gru_step_forward(n, H, a + r0 * GH, h_in + r0 * H, p.W_h, h_out + r0 * H,
+                         scratch.data() + r0 * H);
+      } else {
+        T* c_in = cache.c_in + t * B * H;
+        detail::masked_copy(r0, r1, H, prev_c, rt, c_in);
+        lstm_step_forward(n, H, a + r0 * GH, h_in + r0 * H, c_in + r0 * H, p.W_h, h_out + r0 * H,
+                          cache.c_out + t * B * H + r0 * H);
+      }
+    });
+  }
+}
+
+// Backward over T steps of one layer (truncated BPTT inside the window).
+//   dOut      (T, B, H)  gradient reaching each step's output from above (loss or the next layer)
+//   carry_h   (B, H)     in: gradient of the last state (dh_last); out: gradient of h0 (dh0)
+//   carry_c   (B, H)     the same for the lstm memory cell; null otherwise
+//   dX        (T, B, I)  out: gradient of the layer input; may be null
+//   dW_x (I, GH), dW_h (H, GH), db (GH)  out (overwritten)
+template <Cell K, class T>
+void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
+                    const std::uint8_t* reset, const LayerCache<const T>& cache, const T* dOut,
+                    T* carry_h, T* carry_c, T* dX, T* dW_x, T* dW_h, T* db, int num_threads) {
+  constexpr int G = gate_count(K);
+  const Index H = p.H, I = p.I, GH = G * H, TB = Tn * B;
+  CMapR<T> Wx(p.W_x, I, GH);
+  std::vector<T> dA(TB * GH);
+  std::vector<T> dh(B * H), dhp(B * H);
+  std::vector<T> rh(K == Cell::GRU ? TB * H : 0), drh(K == Cell::GRU ? B * H : 0);
+  std::vector<T> dcp(K == Cell::LSTM ? B * H : 0);
+  for (Index t = Tn - 1; t >= 0; --t) {
+    const std::uint8_t* rt = reset ? reset + t * B : nullptr;
+    const Index o = t * B * H;
+    T* dA_t = dA.data() + t * B * GH;
+    parallel_for(B, num_threads, [&](Index r0, Index r1) {
+      const Index n = r1 - r0, ro = r0 * H;
+      MapR<T>(dh.data() + ro, n, H) =
+          CMapR<T>(dOut + o + ro, n, H) + CMapR<T>(carry_h + ro, n, H);
+      if constexpr (K == Cell::RNN) {
+        rnn_step_backward(n, H, dh.data() + ro, cache.h_out + o + ro, p.W_h, dA_t + r0 * GH,
+                          dhp.data() + ro);
+      } else if constexpr (K == Cell::GRU) {
+        gru_step_backward(n, H, dh.data() + ro, cache.gates + t * B * GH + r0 * GH,
+                          cache.h_in + o + ro, p.W_h, dA_t + r0 * GH, dhp.data() + ro,
+                          rh.data() + o + ro, drh.data() + ro);
+      } else {
+        lstm_step_backward(n, H, dh.data() + ro, carry_c + ro, cache.gates + t * B * GH + r0 * GH,
+                           cache.c_in + o + ro, cache.c_out + o + ro, p.W_h, dA_t + r0 * GH,
+                           dhp.data() + ro, dcp.data() + ro);
+      }
+      // The entering state was zeroed where reset[t] is set: its gradient stops there.
+      for (Index r = r0; r < r1; ++r) {
+        const bool cut = rt && rt[r];
+        for (Index j = 0; j < H; ++j) carry_h[r * H + j] = cut ? T(0) : dhp[r * H + j];
+        if constexpr (K == Cell::LSTM) {
+          for (Index j = 0; j < H; ++j) carry_c[r * H + j] = cut ? T(0) : dcp[r * H + j];
+        }
+      }
+      if (dX) {
+        MapR<T>(dX + t * B * I + r0 * I, n, I).noalias() =
+            CMapR<T>(dA_t + r0 * GH, n, GH) * Wx.transpose();
+      }
+    });
+  }
+  // Weight gradients over all T·B rows at once, split over output columns.
+  CMapR<T> DA(dA.data(), TB, GH);
+  CMapR<T> Xm(X, TB, I);
+  CMapR<T> Hin(cache.h_in, TB, H);
+  MapR<T> DWx(dW_x, I, GH), DWh(dW_h, H, GH);
+  VecMap<T> DB(db, GH);
+  parallel_for(
+      GH, num_threads,
+      [&](Index c0, Index c1) {
+        const Index nc = c1 - c0;
+        DWx.middleCols(c0, nc).noalias() = Xm.transpose() * DA.middleCols(c0, nc);
+        DB.segment(c0, nc) = DA.middleCols(c0, nc).colwise().sum();
+        if constexpr (K == Cell::GRU) {
+          // columns [0, 2H) take h; the candidate block [2H, 3H) takes r⊙h
+          const Index s = std::min(c1, 2 * H);
+          if (s > c0) DWh.middleCols(c0, s - c0).noalias() = Hin.transpose() * DA.middleCols(c0, s - c0);
+          const Index s2 = std::max(c0, 2 * H);
+          if (c1 > s2) {
+            CMapR<T> RH(rh.data(), TB, H);
+            DWh.middleCols(s2, c1 - s2).noalias() = RH.transpose() * DA.middleCols(s2, c1 - s2);
+          }
+        } else {
+          DWh.middleCols(c0, nc).noalias() = Hin.transpose() * DA.middleCols(c0, nc);
+        }
+      },
+      8);
+}
+
+}  // namespace seqrec
