@@ -271,3 +271,52 @@ def test_deterministic_and_thread_count_agreement(rng, cell):
             np.testing.assert_array_equal(x, y)  # bit-identical at a fixed thread count
     for name, x, y in zip(["Y", "dX"] + ["dW_x", "dW_h", "db"] * 2, run(1), run(2)):
         assert_close(name, x, y, np.float32)
+
+
+@pytest.mark.parametrize("isa", _core.AVAILABLE_ISAS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_every_isa_variant_matches_reference(rng, cell, isa):
+    """Each instruction-set build (generic, avx2, avx512) computes the same kernels."""
+    mod = _core.variant(isa)
+    for dtype in (np.float64, np.float32):
+        X, h0, c0, reset, W = make_window(rng, cell, 4, HS2, dtype)
+        r = ref.sequence_forward(cell, X, h0, c0, reset, W)
+        c = mod.sequence_forward(cell, X, h0, c0, reset, W, num_threads=2)
+        assert_close("Y", c[0], r[0], dtype)
+        dY = rng.normal(size=r[0].shape).astype(dtype)
+        rb = ref.sequence_backward(cell, dY, None, None, X, reset, W, r[3])
+        cb = mod.sequence_backward(cell, dY, None, None, X, reset, W, c[3], num_threads=2)
+        assert_close("dX", cb[0], rb[0], dtype)
+        for l in range(len(W)):
+            for name, a, e in zip(("dW_x", "dW_h", "db"), cb[3][l], rb[3][l]):
+                assert_close(name, a, e, dtype)
+
+
+def _shifted_copy(a, shift):
+    """A copy of `a` whose data starts `shift` elements into a fresh buffer (another alignment)."""
+    buf = np.empty(a.size + shift, a.dtype)
+    out = buf[shift:].reshape(a.shape)
+    out[...] = a
+    assert out.flags.c_contiguous
+    return out
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_do_not_depend_on_memory_alignment(rng, cell, dtype):
+    """Reproducibility across processes: where NumPy places an array must not change results."""
+    X, h0, c0, reset, W = make_window(rng, cell, 3, HS2, dtype)
+    dY = rng.normal(size=(3, B, HS2[-1])).astype(dtype)
+
+    def run(shift):
+        s = lambda a: _shifted_copy(a, shift)  # noqa: E731
+        Ws = [tuple(s(p) for p in w) for w in W]
+        cs = [s(c) for c in c0] if c0 is not None else None
+        f = _core.sequence_forward(cell, s(X), [s(h) for h in h0], cs, reset, Ws, num_threads=2)
+        b = _core.sequence_backward(cell, s(dY), None, None, s(X), reset, Ws, f[3], num_threads=2)
+        return [f[0], b[0]] + [g for layer in b[3] for g in layer]
+
+    base = run(0)
+    for shift in (1, 3, 5):
+        for x, y in zip(base, run(shift)):
+            np.testing.assert_array_equal(x, y)

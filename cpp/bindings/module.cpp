@@ -555,6 +555,25 @@ py::tuple cell_backward(const char* fn, py::handle dh_new, py::handle dc_new, py
   return cell_backward_impl<K, double>(a, dh_new, dc_new, x, h, c, h_new, c_new, gates, W_x, W_h, nt);
 }
 
+// Whether the running CPU (and OS) supports an instruction-set feature; the Python loader uses it to
+// pick the fastest module variant that is safe to import.
+bool cpu_supports(const std::string& feature) {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  if (feature == "avx2") return __builtin_cpu_supports("avx2");
+  if (feature == "fma") return __builtin_cpu_supports("fma");
+  if (feature == "f16c") return __builtin_cpu_supports("f16c");
+  if (feature == "avx512f") return __builtin_cpu_supports("avx512f");
+  if (feature == "avx512cd") return __builtin_cpu_supports("avx512cd");
+  if (feature == "avx512bw") return __builtin_cpu_supports("avx512bw");
+  if (feature == "avx512dq") return __builtin_cpu_supports("avx512dq");
+  if (feature == "avx512vl") return __builtin_cpu_supports("avx512vl");
+#else
+  (void)feature;
+#endif
+  return false;
+}
+
 int max_threads() {
 #ifdef SEQREC_HAVE_OPENMP
   return omp_get_max_threads();
@@ -570,6 +589,8 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
   m.attr("__version__") = SEQREC_VERSION;
   m.attr("ISA") = SEQREC_ISA;
   m.def("openmp_enabled", &seqrec::have_openmp, "True when the kernels were built with OpenMP.");
+  m.def("cpu_supports", &cpu_supports, py::arg("feature"),
+        "Whether this CPU supports an x86 feature ('avx2', 'fma', 'f16c', 'avx512f', ...).");
   m.def("max_threads", &max_threads, "OpenMP's default thread count (1 without OpenMP).");
   m.def("eigen_simd", []() { return std::string(Eigen::SimdInstructionSetsInUse()); },
         "The SIMD instruction sets Eigen was compiled for.");

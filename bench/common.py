@@ -1,0 +1,92 @@
+"""Shared helpers for the benchmarks: timing, thread pinning and JSONL records."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, check=False)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@contextmanager
+def blas_threads(n: int):
+    """Pin NumPy's BLAS to n threads (threadpoolctl), so both sides use the same thread count."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - reported in the record
+        yield "unpinned (threadpoolctl missing)"
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield n
+
+
+def measure(fn, repeats: int = 30, warmup: int = 3, min_time: float = 0.002) -> dict:
+    """Median and spread of the wall time of fn(), in seconds per call.
+
+    Each repeat runs fn enough times to last at least `min_time`, so tiny kernels are not
+    dominated by timer resolution.
+    """
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t0, 1e-7)
+    inner = max(1, int(min_time / one))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - t0) / inner)
+    samples.sort()
+    return {
+        "median_s": statistics.median(samples),
+        "p10_s": samples[max(0, int(0.1 * len(samples)) - 0)],
+        "p90_s": samples[min(len(samples) - 1, int(0.9 * len(samples)))],
+        "repeats": repeats,
+        "inner": inner,
+    }
+
+
+def write_records(name: str, records: list[dict]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.jsonl"
+    base = {
+        "commit": commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "numpy": np.__version__,
+    }
+    with open(path, "a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps({**base, **r}) + "\n")
+    return path
