@@ -6,6 +6,7 @@
 // per window).
 #pragma once
 
+#include "activations.h"
 #include "types.h"
 
 namespace seqrec {
@@ -21,11 +22,11 @@ void gru_step_forward(Index n, Index H, T* a, const T* h, const T* W_h, T* h_out
   CMapR<T> Hm(h, n, H);
   CMapR<T> Wh(W_h, H, 3 * H);
   A.leftCols(2 * H).noalias() += Hm * Wh.leftCols(2 * H);
-  A.leftCols(2 * H) = A.leftCols(2 * H).array().logistic();
+  activate_cols(Act::Logistic, a, n, 3 * H, 0, 2 * H);
   MapR<T> RH(rh, n, H);
   RH = A.leftCols(H).array() * Hm.array();
   A.rightCols(H).noalias() += RH * Wh.rightCols(H);
-  A.rightCols(H) = A.rightCols(H).array().tanh();
+  activate_cols(Act::Tanh, a, n, 3 * H, 2 * H, H);
   // h' = (1−z)⊙h + z⊙c = h + z⊙(c − h)
   MapR<T>(h_out, n, H) =
       Hm.array() + A.middleCols(H, H).array() * (A.rightCols(H).array() - Hm.array());

@@ -5,6 +5,7 @@
 // forget-bias initialisation (a parameter choice, made by the model).
 #pragma once
 
+#include "activations.h"
 #include "types.h"
 
 namespace seqrec {
@@ -18,13 +19,14 @@ void lstm_step_forward(Index n, Index H, T* a, const T* h, const T* c, const T* 
                        T* c_out) {
   MapR<T> A(a, n, 4 * H);
   A.noalias() += CMapR<T>(h, n, H) * CMapR<T>(W_h, H, 4 * H);
-  A.leftCols(2 * H) = A.leftCols(2 * H).array().logistic();
-  A.middleCols(2 * H, H) = A.middleCols(2 * H, H).array().tanh();
-  A.rightCols(H) = A.rightCols(H).array().logistic();
+  activate_cols(Act::Logistic, a, n, 4 * H, 0, 2 * H);
+  activate_cols(Act::Tanh, a, n, 4 * H, 2 * H, H);
+  activate_cols(Act::Logistic, a, n, 4 * H, 3 * H, H);
   MapR<T> C(c_out, n, H);
   C = A.middleCols(H, H).array() * CMapR<T>(c, n, H).array() +
       A.leftCols(H).array() * A.middleCols(2 * H, H).array();
-  MapR<T>(h_out, n, H) = A.rightCols(H).array() * C.array().tanh();
+  activate(Act::Tanh, c_out, h_out, n * H);
+  MapR<T>(h_out, n, H).array() *= A.rightCols(H).array();
 }
 
 // dh, dc  (n, H)   gradients reaching h' and c' (output + carried)
@@ -44,7 +46,9 @@ void lstm_step_backward(Index n, Index H, const T* dh, const T* dc, const T* gat
   CMapR<T> DH(dh, n, H);
   MapR<T> DA(dA, n, 4 * H);
   MapR<T> DCP(dc_prev, n, H);
-  const auto tc = CMapR<T>(c_out, n, H).array().tanh().eval();
+  MatR<T> tcm(n, H);
+  activate(Act::Tanh, c_out, tcm.data(), n * H);
+  const auto tc = tcm.array();
   // dc_total = dc + dh⊙o⊙(1 − tanh²c'), kept in dc_prev until it is scaled by f below
   DCP = CMapR<T>(dc, n, H).array() + DH.array() * o * (T(1) - tc.square());
   DA.leftCols(H) = DCP.array() * g * i * (T(1) - i);

@@ -6,6 +6,7 @@
 // window in sequence.h as one product over all T·B rows).
 #pragma once
 
+#include "activations.h"
 #include "types.h"
 
 namespace seqrec {
@@ -17,7 +18,7 @@ template <class T>
 void rnn_step_forward(Index n, Index H, T* a, const T* h, const T* W_h) {
   MapR<T> A(a, n, H);
   A.noalias() += CMapR<T>(h, n, H) * CMapR<T>(W_h, H, H);
-  A = A.array().tanh();
+  activate(Act::Tanh, a, n * H);
 }
 
 // dh     (n, H)  gradient reaching h' (output + carried)

@@ -140,7 +140,13 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
       [&](Index c0, Index c1) {
         const Index nc = c1 - c0;
         DWx.middleCols(c0, nc).noalias() = Xm.transpose() * DA.middleCols(c0, nc);
-        DB.segment(c0, nc) = DA.middleCols(c0, nc).colwise().sum();
+        // Plain loop: Eigen's vectorised colwise().sum() peels by alignment, which would make
+        // the sum order (and the last bits) depend on where the buffer was allocated.
+        for (Index c = c0; c < c1; ++c) DB[c] = T(0);
+        for (Index r = 0; r < TB; ++r) {
+          const T* row = dA.data() + r * GH;
+          for (Index c = c0; c < c1; ++c) DB[c] += row[c];
+        }
         if constexpr (K == Cell::GRU) {
           // columns [0, 2H) take h; the candidate block [2H, 3H) takes r⊙h
           const Index s = std::min(c1, 2 * H);

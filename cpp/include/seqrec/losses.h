@@ -1,0 +1,113 @@
+// losses.h: the ranking losses of GRU4Rec on a score matrix, row by row, with their gradients.
+// Holds: cross-entropy, BPR-max (optionally after ELU) and TOP1-max (DESIGN.md §3.3) for one row of
+// C scores whose positive sits in column p, and the logQ correction. Each function writes the row's
+// gradient and returns the row's loss, both *before* division by the batch size.
+// Not here: the score product or its backward (train.h), any parallel loop (the caller splits rows).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+
+#include "types.h"
+
+namespace seqrec {
+
+enum class Loss { CrossEntropy = 0, BprMax = 1, Top1Max = 2 };
+
+// ε inside the logs, as in the official GRU4Rec; the gradients below are exact for it.
+template <class T>
+constexpr T loss_eps() { return T(1e-24); }
+
+template <class T>
+inline T sigm(T x) { return T(0.5) * (std::tanh(T(0.5) * x) + T(1)); }
+
+// Cross-entropy: loss = −log(softmax(r)_p + ε).
+//   r (C) scores (after logQ), g (C) out: d loss / d r
+template <class T>
+T xe_row(Index C, Index p, const T* r, T* g) {
+  T m = r[0];
+  for (Index j = 1; j < C; ++j) m = std::max(m, r[j]);
+  T s = 0;
+  for (Index j = 0; j < C; ++j) {
+    g[j] = std::exp(r[j] - m);
+    s += g[j];
+  }
+  const T inv = T(1) / s;
+  for (Index j = 0; j < C; ++j) g[j] *= inv;  // g = softmax
+  const T sp = g[p];
+  const T k = sp / (sp + loss_eps<T>());     // d(−log(s_p+ε))/dr_j = k·(s_j − [j=p])
+  for (Index j = 0; j < C; ++j) g[j] *= k;
+  g[p] -= k;
+  return -std::log(sp + loss_eps<T>());
+}
+
+// Softmax over the negatives of a row (all columns but p): s (C), s[p] = 0.
+template <class T>
+void softmax_neg(Index C, Index p, const T* o, T* s) {
+  T m = -INFINITY;
+  for (Index j = 0; j < C; ++j) if (j != p) m = std::max(m, o[j]);
+  T sum = 0;
+  for (Index j = 0; j < C; ++j) {
+    s[j] = j == p ? T(0) : std::exp(o[j] - m);
+    sum += s[j];
+  }
+  const T inv = T(1) / sum;
+  for (Index j = 0; j < C; ++j) s[j] *= inv;
+}
+
+// BPR-max: o = elu(r, α) when α > 0, else r; s = softmax of o over the negatives;
+// loss = −log(Σ_j s_j σ(o_p − o_j) + ε) + bpreg·Σ_j s_j o_j².
+//   r (C) scores, g (C) out: gradient, s (C) and o (C) scratch
+template <class T>
+T bpr_max_row(Index C, Index p, const T* r, T elu_param, T bpreg, T* g, T* s, T* o) {
+  for (Index j = 0; j < C; ++j) {
+    o[j] = (elu_param > 0 && r[j] <= 0) ? elu_param * std::expm1(r[j]) : r[j];
+  }
+  softmax_neg(C, p, o, s);
+  const T op = o[p];
+  T A = 0, Q = 0, dAp = 0;
+  for (Index j = 0; j < C; ++j) {
+    if (j == p) continue;
+    const T sg = sigm(op - o[j]);
+    A += s[j] * sg;
+    Q += s[j] * o[j] * o[j];
+    dAp += s[j] * sg * (T(1) - sg);
+  }
+  const T kA = -T(1) / (A + loss_eps<T>());
+  for (Index j = 0; j < C; ++j) {
+    if (j == p) continue;
+    const T sg = sigm(op - o[j]);
+    const T dA = s[j] * (sg - A - sg * (T(1) - sg));
+    const T dQ = s[j] * (o[j] * o[j] - Q) + T(2) * s[j] * o[j];
+    g[j] = kA * dA + bpreg * dQ;
+  }
+  g[p] = kA * dAp;
+  if (elu_param > 0) {
+    for (Index j = 0; j < C; ++j) if (r[j] <= 0) g[j] *= o[j] + elu_param;  // elu'(r) = elu(r) + α
+  }
+  return -std::log(A + loss_eps<T>()) + bpreg * Q;
+}
+
+// TOP1-max: s = softmax of r over the negatives; loss = Σ_j s_j (σ(r_j − r_p) + σ(r_j²)).
+template <class T>
+T top1_max_row(Index C, Index p, const T* r, T* g, T* s) {
+  softmax_neg(C, p, r, s);
+  const T rp = r[p];
+  T V = 0;
+  for (Index j = 0; j < C; ++j) {
+    if (j == p) continue;
+    V += s[j] * (sigm(r[j] - rp) + sigm(r[j] * r[j]));
+  }
+  T dp = 0;
+  for (Index j = 0; j < C; ++j) {
+    if (j == p) continue;
+    const T a = sigm(r[j] - rp), b = sigm(r[j] * r[j]);
+    const T v = a + b;
+    g[j] = s[j] * (v - V) + s[j] * (a * (T(1) - a) + b * (T(1) - b) * T(2) * r[j]);
+    dp -= s[j] * a * (T(1) - a);
+  }
+  g[p] = dp;
+  return V;
+}
+
+}  // namespace seqrec

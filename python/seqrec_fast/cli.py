@@ -1,0 +1,450 @@
+"""The ``seqrec`` command line.
+
+Commands are registered by small functions ``_register_<name>(subparsers)`` listed in
+:data:`COMMAND_REGISTRARS`; each adds one subparser and sets ``func`` (``args -> int``). Adding a command
+is writing one such function and appending it to the list.
+
+User errors (bad path, bad format, bad file, bad value) print ``seqrec: error: ...`` on stderr and exit
+with status 2, without a traceback; argparse misuse exits 2 as usual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Callable
+
+__all__ = ["COMMAND_REGISTRARS", "CLIError", "build_parser", "main", "write_json_atomic"]
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A user error: printed as ``seqrec: error: <message>``, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (temporary file in the same folder + os.replace)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CLIError(f"cannot write {path}: folder {folder} does not exist")
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CLIError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _parse_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _param(text: str) -> tuple[str, Any]:
+    if "=" not in text or text.startswith("="):
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), _parse_value(v.strip())
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _format_choices() -> list[str]:
+    from .data import FORMATS
+
+    return ["auto", *FORMATS]
+
+
+def add_eval_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that evaluates (``baseline``, ``evaluate``)."""
+    from .evaluate import TARGET_MODES, UNKNOWN_TARGET_MODES
+    from .metrics import TIE_MODES
+
+    p.add_argument(
+        "--cutoffs",
+        type=_positive_int,
+        nargs="+",
+        default=[1, 5, 10, 20],
+        metavar="K",
+        help="cut-offs for the metrics (default: 1 5 10 20)",
+    )
+    p.add_argument(
+        "--tie-mode",
+        choices=TIE_MODES,
+        default="conservative",
+        help="rank of a target tied with other items (default: conservative)",
+    )
+    p.add_argument(
+        "--unknown-targets",
+        choices=UNKNOWN_TARGET_MODES,
+        default="drop",
+        help="test items unknown to training: drop them (GRU4Rec) or count them as misses "
+        "(SR-GNN papers) (default: drop)",
+    )
+    p.add_argument(
+        "--targets",
+        choices=TARGET_MODES,
+        default="all",
+        help="predict every event after the first (all) or only the last one of each test "
+        "session (last: leave-one-out) (default: all)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=512,
+        help="session-parallel evaluation slots (default: 512)",
+    )
+    p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT (atomic)")
+    p.add_argument(
+        "--test-format",
+        choices=_format_choices(),
+        default=None,
+        help="format of TEST (default: same as --format)",
+    )
+
+
+def _load(path: str, fmt: str, **kw: Any) -> Any:
+    from .data import load
+
+    return load(path, fmt, **kw)
+
+
+def report_evaluation(
+    result: Any, args: argparse.Namespace, title: str, extra: dict[str, Any] | None = None
+) -> None:
+    """Print the result table and write ``--json`` if asked (shared by baseline / evaluate)."""
+    print(title)
+    print(result.format_table())
+    if args.json:
+        out = result.to_dict()
+        if extra:
+            out.update(extra)
+        write_json_atomic(args.json, out)
+        print(f"wrote {args.json}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# data prepare | stats
+# ---------------------------------------------------------------------------------------------------
+def _register_data(sub: argparse._SubParsersAction) -> None:
+    from .preprocess import PROTOCOLS
+
+    p = sub.add_parser(
+        "data",
+        help="prepare datasets and print statistics",
+        description="Prepare datasets (preprocessing protocols) and print statistics.",
+    )
+    dsub = p.add_subparsers(dest="data_command", metavar="{prepare,stats}")
+    dsub.required = True
+
+    pp = dsub.add_parser(
+        "prepare",
+        help="run a preprocessing protocol and write GRU4Rec TSV splits",
+        description="Run a preprocessing protocol on a click log and write GRU4Rec TSV files "
+        "<out-dir>/<prefix>_{train_full,test,train_tr,train_valid}.tsv. rsc15-2015: one-pass "
+        "filters (sessions >= 2, items >= 5, sessions >= 2); rsc15-2023: consecutive repeats "
+        "removed, filters iterated to a fixpoint; both: sessions assigned to test by their end "
+        "time (last D days), unknown test items dropped. loo: leave-one-out on user histories.",
+    )
+    pp.add_argument("input", help="input file (any supported format, optionally .gz)")
+    pp.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="rsc15-2023",
+        help="preprocessing protocol (default: rsc15-2023)",
+    )
+    pp.add_argument(
+        "--format", choices=_format_choices(), default="auto", help="input format (default: auto)"
+    )
+    pp.add_argument("--out-dir", required=True, help="output folder (created if missing)")
+    pp.add_argument("--prefix", default=None, help="output file prefix (default: input file stem)")
+    pp.add_argument(
+        "--test-days",
+        type=_positive_float,
+        default=1.0,
+        help="days at the end used as test (default: 1)",
+    )
+    pp.add_argument(
+        "--valid-days",
+        type=_positive_float,
+        default=1.0,
+        help="days at the end of train used as validation (default: 1)",
+    )
+    pp.add_argument(
+        "--session-gap",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="sessionise a user log: start a new session after this idle gap (the session "
+        "column then holds user ids)",
+    )
+    pp.add_argument(
+        "--split-by",
+        choices=("end", "start"),
+        default="end",
+        help="session time that decides train/test (default: end, as the official code)",
+    )
+    pp.add_argument(
+        "--min-item-support",
+        type=_positive_int,
+        default=5,
+        help="minimum item support (default: 5)",
+    )
+    pp.add_argument(
+        "--min-session-length",
+        type=_positive_int,
+        default=2,
+        help="minimum session length (default: 2)",
+    )
+    pp.add_argument("--session-key", default=None, help="session (or user) column name")
+    pp.add_argument("--item-key", default=None, help="item column name")
+    pp.add_argument("--time-key", default=None, help="time column name")
+    pp.add_argument("--gzip", action="store_true", help="write .tsv.gz")
+    pp.set_defaults(func=_cmd_data_prepare)
+
+    ps = dsub.add_parser(
+        "stats",
+        help="print dataset statistics",
+        description="Print events, sessions, items, session length distribution and time span.",
+    )
+    ps.add_argument("path", help="data file (any supported format, optionally .gz)")
+    ps.add_argument(
+        "--format", choices=_format_choices(), default="auto", help="input format (default: auto)"
+    )
+    ps.add_argument(
+        "--json", metavar="OUT", help="also write the statistics as JSON to OUT (atomic)"
+    )
+    ps.set_defaults(func=_cmd_data_stats)
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from .preprocess import format_stats, prepare, stats, write_splits
+
+    data = _load(
+        args.input,
+        args.format,
+        session_key=args.session_key,
+        item_key=args.item_key,
+        time_key=args.time_key,
+    )
+    t0 = time.perf_counter()
+    splits = prepare(
+        data,
+        args.protocol,
+        test_days=args.test_days,
+        valid_days=args.valid_days,
+        min_item_support=args.min_item_support,
+        min_session_length=args.min_session_length,
+        session_gap=args.session_gap,
+        split_by=args.split_by,
+    )
+    prefix = args.prefix
+    if prefix is None:
+        base = os.path.basename(args.input)
+        for suf in (".gz", ".tsv", ".csv", ".txt", ".dat", ".inter", ".parquet", ".jsonl"):
+            base = base.removesuffix(suf)
+        prefix = base or "data"
+    try:
+        paths = write_splits(splits, args.out_dir, prefix, gzip=args.gzip)
+    except OSError as e:
+        raise CLIError(f"cannot write to {args.out_dir}: {e.strerror or e}") from None
+    print(
+        f"protocol {args.protocol}: {data.n_events:,} input events -> {time.perf_counter() - t0:.1f}s"
+    )
+    for name, frame in splits.items():
+        print(f"\n== {name}: {paths[name]}")
+        if len(frame):
+            print(format_stats(stats(frame)))
+        else:
+            print("  (empty)")
+    return 0
+
+
+def _cmd_data_stats(args: argparse.Namespace) -> int:
+    from .preprocess import format_stats, stats
+
+    data = _load(args.path, args.format)
+    st = stats(data)
+    print(args.path)
+    print(format_stats(st))
+    if args.json:
+        write_json_atomic(args.json, st)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# baseline
+# ---------------------------------------------------------------------------------------------------
+def _register_baseline(sub: argparse._SubParsersAction) -> None:
+    from .baselines import BASELINES
+
+    p = sub.add_parser(
+        "baseline",
+        help="fit a baseline on TRAIN and evaluate it on TEST",
+        description="Fit a baseline on TRAIN and run the next-item full-ranking evaluation on TEST. "
+        "Parameters per baseline: "
+        + "; ".join(f"{k}: {', '.join(v._params) or '-'}" for k, v in BASELINES.items()),
+    )
+    p.add_argument("name", choices=list(BASELINES), help="baseline name")
+    p.add_argument("train", help="training data file")
+    p.add_argument("test", help="test data file")
+    p.add_argument(
+        "--format", choices=_format_choices(), default="auto", help="data format (default: auto)"
+    )
+    p.add_argument(
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="baseline parameter, repeatable (e.g. --param k=50)",
+    )
+    add_eval_options(p)
+    p.set_defaults(func=_cmd_baseline)
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from .baselines import get_baseline
+    from .evaluate import evaluate
+
+    model = get_baseline(args.name, **dict(args.param))
+    train = _load(args.train, args.format)
+    test = _load(args.test, args.test_format or args.format, item_map=train, keep_unknown=True)
+    t0 = time.perf_counter()
+    model.fit(train)
+    fit_s = time.perf_counter() - t0
+    result = evaluate(
+        model,
+        test,
+        cutoffs=args.cutoffs,
+        tie_mode=args.tie_mode,
+        unknown_targets=args.unknown_targets,
+        batch_size=args.batch_size,
+        targets=args.targets,
+    )
+    report_evaluation(
+        result,
+        args,
+        f"baseline {args.name} {model.get_params()} (fit {fit_s:.2f}s)",
+        extra={
+            "model": args.name,
+            "params": model.get_params(),
+            "fit_seconds": fit_s,
+            "train": args.train,
+            "test": args.test,
+        },
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Commands from the training / serving issues register here:
+#   _register_train, _register_evaluate, _register_recommend, _register_demo, _register_serve
+# Each is `def _register_<name>(sub) -> None` adding one subparser with set_defaults(func=...);
+# append it to COMMAND_REGISTRARS below. Reuse add_eval_options / report_evaluation for `evaluate`.
+# ---------------------------------------------------------------------------------------------------
+COMMAND_REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _register_data,
+    _register_baseline,
+    # _register_train, _register_evaluate, _register_recommend, _register_demo, _register_serve
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``seqrec`` argument parser with every registered command."""
+    parser = argparse.ArgumentParser(
+        prog="seqrec",
+        description="Session-based recommendation with recurrent networks (GRU4Rec family): data "
+        "preparation, baselines, training and evaluation.",
+    )
+    try:
+        from . import __version__ as version
+    except ImportError:  # pragma: no cover
+        version = "unknown"
+    parser.add_argument("--version", action="version", version=f"seqrec {version}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for register in COMMAND_REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 user error or misuse)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or misuse (2); argparse already printed the message
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
+    try:
+        return int(args.func(args) or 0)
+    except (
+        CLIError,
+        FileNotFoundError,
+        ValueError,
+        ImportError,
+        IsADirectoryError,
+        PermissionError,
+    ) as e:
+        print(f"seqrec: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("seqrec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,350 @@
+"""Next-item full-ranking evaluation (DESIGN §3.4) through one small scorer interface.
+
+Every model and baseline implements :class:`NextItemScorer`: ``start(n_slots)`` allocates per-slot
+state, ``reset(slots)`` starts a new session in those slots (state back to zero), and
+``score(slots, items)`` feeds one item into each slot's session and returns the scores of all training
+items for the next event. :func:`evaluate` drives it with session-parallel batches over the test sessions:
+for every event after the first, the previous item is fed and the target is ranked against all
+``n_items`` training items by counting the items that beat it (:func:`seqrec_fast.metrics.rank_counts`);
+nothing is sorted.
+
+Unknown test items (not in the training item map, marked ``-1`` in the test :class:`SessionData`):
+
+- ``unknown_targets="drop"`` (GRU4Rec): events with unknown items are removed before sessions are formed;
+  sessions are then evaluated as if those events never happened. ``n_dropped`` counts them.
+- ``unknown_targets="miss"`` (SR-GNN papers): every event after the first of the *original* session is a
+  prediction. An unknown target is a miss. An unknown *input* is not fed: the session state is advanced with
+  the known items only, so the next known target is predicted from the state after the last known item.
+  A known target with no known item before it in its session cannot be scored and is also a miss. Hence
+  ``n_events`` equals the sum of ``length - 1`` over the original sessions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .data import SessionData
+from .metrics import TIE_MODES, check_cutoffs, metrics_from_ranks, rank_counts, ranks_from_counts
+
+__all__ = [
+    "TARGET_MODES",
+    "UNKNOWN_TARGET_MODES",
+    "EvalResult",
+    "NextItemScorer",
+    "evaluate",
+    "prepare_test",
+]
+
+UNKNOWN_TARGET_MODES: tuple[str, ...] = ("drop", "miss")
+TARGET_MODES: tuple[str, ...] = ("all", "last")
+
+
+@runtime_checkable
+class NextItemScorer(Protocol):
+    """What :func:`evaluate` needs from a model: session-parallel next-item scoring.
+
+    Attributes
+    ----------
+    n_items : int
+        Number of training items; internal indices are ``0 .. n_items - 1``.
+    """
+
+    n_items: int
+
+    def start(self, n_slots: int) -> None:
+        """Allocate per-slot state for ``n_slots`` concurrent sessions (all empty)."""
+
+    def reset(self, slots: np.ndarray) -> None:
+        """Start a new, empty session in each of ``slots`` (int64, shape (k,))."""
+
+    def score(self, slots: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Feed ``items[i]`` (int32 internal index) to slot ``slots[i]``'s session; return float32 scores
+        of shape ``(len(slots), n_items)`` for the next event of each of those sessions."""
+
+
+@dataclass
+class EvalResult:
+    """Outcome of :func:`evaluate`.
+
+    Attributes
+    ----------
+    metrics : dict
+        ``recall@K``, ``mrr@K``, ``ndcg@K``, ``hitrate@K`` for every cut-off K.
+    n_events : int
+        Predictions in the denominator (scored events plus misses of unknown targets in "miss" mode).
+    n_dropped : int
+        Test events removed because their item is unknown to training ("drop" mode).
+    n_scored : int
+        Predictions actually scored by the model.
+    n_unknown_targets : int
+        Predictions counted as misses without scoring ("miss" mode).
+    by_position : dict
+        Per target position (number of events before the target in its session: "1", "2", ...,
+        "P+" for the last bucket): ``{"n": count, "recall@K": ..., ...}``.
+    seconds : float
+        Wall time of the scoring loop.
+    """
+
+    metrics: dict[str, float]
+    n_events: int
+    n_dropped: int
+    n_scored: int
+    n_unknown_targets: int
+    by_position: dict[str, dict[str, float]]
+    seconds: float
+    cutoffs: tuple[int, ...]
+    tie_mode: str
+    unknown_targets: str
+    targets: str = "all"
+    ranks: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+    @property
+    def events_per_s(self) -> float:
+        """Scored predictions per second of the scoring loop."""
+        return self.n_scored / self.seconds if self.seconds > 0 else float("inf")
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def to_dict(self, extras: bool = True) -> dict[str, Any]:
+        """Flat JSON-ready dict: every metric key, ``n_events``, ``n_dropped`` and (with ``extras``) the
+        counts, timing, settings and the per-position breakdown."""
+        out: dict[str, Any] = dict(self.metrics)
+        out["n_events"] = self.n_events
+        out["n_dropped"] = self.n_dropped
+        if extras:
+            out["n_scored"] = self.n_scored
+            out["n_unknown_targets"] = self.n_unknown_targets
+            out["seconds"] = self.seconds
+            out["events_per_s"] = self.events_per_s
+            out["tie_mode"] = self.tie_mode
+            out["unknown_targets"] = self.unknown_targets
+            out["targets"] = self.targets
+            out["by_position"] = self.by_position
+        return out
+
+    def format_table(self) -> str:
+        """Human-readable table: one row per cut-off, then counts and timing."""
+        lines = [f"{'cutoff':>6}  {'recall':>8}  {'mrr':>8}  {'ndcg':>8}  {'hitrate':>8}"]
+        for k in self.cutoffs:
+            m = self.metrics
+            lines.append(
+                f"{'@' + str(k):>6}  {m[f'recall@{k}']:8.4f}  {m[f'mrr@{k}']:8.4f}  "
+                f"{m[f'ndcg@{k}']:8.4f}  {m[f'hitrate@{k}']:8.4f}"
+            )
+        lines.append(
+            f"events={self.n_events} (scored {self.n_scored}, unknown-target misses "
+            f"{self.n_unknown_targets}) dropped={self.n_dropped} tie_mode={self.tie_mode} "
+            f"unknown_targets={self.unknown_targets}"
+        )
+        lines.append(f"time={self.seconds:.2f}s ({self.events_per_s:,.0f} events/s)")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Prepared:
+    items: np.ndarray  # int32, known items only, compressed sessions of length >= 2
+    offsets: np.ndarray  # int64
+    positions: np.ndarray  # int64 per compressed event: original position in its session
+    n_events: int
+    n_dropped: int
+    miss_positions: np.ndarray  # int64 original positions of the unscorable (missed) targets
+    is_target: (
+        np.ndarray
+    )  # bool per compressed event: counts as a prediction (targets="last" filter)
+
+
+def prepare_test(
+    test: SessionData, n_items: int, unknown_targets: str = "drop", targets: str = "all"
+) -> _Prepared:
+    """Compress test sessions to known items and count drops / misses (see the module docstring)."""
+    if targets not in TARGET_MODES:
+        raise ValueError(f"targets must be one of {TARGET_MODES}, got {targets!r}")
+    if unknown_targets not in UNKNOWN_TARGET_MODES:
+        raise ValueError(
+            f"unknown_targets must be one of {UNKNOWN_TARGET_MODES}, got {unknown_targets!r}"
+        )
+    if test.n_items != n_items:
+        raise ValueError(
+            f"test data has an item map of {test.n_items} items but the scorer has n_items={n_items}; "
+            "map the test set with the training item map: load(path, item_map=train, keep_unknown=True) "
+            "or test.with_item_map(train, keep_unknown=True)"
+        )
+    n_marked = int(np.count_nonzero(test.items < 0))
+    if unknown_targets == "miss" and test.n_unknown > n_marked:
+        raise ValueError(
+            f"unknown_targets='miss' needs the unknown test events, but {test.n_unknown - n_marked} were "
+            "already dropped when the test set was built; build it with keep_unknown=True"
+        )
+    lengths = test.session_lengths
+    sess = test.session_index()
+    pos = np.arange(test.n_events, dtype=np.int64) - test.offsets[:-1][sess]
+    known = test.items >= 0
+    k_sess = sess[known]
+    k_len = np.bincount(k_sess, minlength=test.n_sessions)
+    k_pos_orig = pos[known]
+    # position of each known event within the compressed session
+    k_offsets = np.concatenate(([0], np.cumsum(k_len)))
+    k_rank = np.arange(k_sess.size, dtype=np.int64) - k_offsets[:-1][k_sess]
+    keep_sess = k_len >= 2
+    keep_ev = keep_sess[k_sess]
+    items = test.items[known][keep_ev]
+    offsets = np.concatenate(([0], np.cumsum(k_len[keep_sess]))).astype(np.int64)
+    last_only = targets == "last"
+    if unknown_targets == "drop":
+        positions = k_rank[keep_ev]
+        # marked events are dropped here; events dropped when the test set was built count too
+        n_dropped = max(n_marked, test.n_unknown)
+        is_target = (
+            (k_rank == k_len[k_sess] - 1)[keep_ev] if last_only else np.ones(items.size, bool)
+        )
+        n_events = int(keep_sess.sum()) if last_only else int(np.sum(np.maximum(k_len - 1, 0)))
+        return _Prepared(
+            items, offsets, positions, n_events, n_dropped, np.zeros(0, np.int64), is_target
+        )
+    positions = k_pos_orig[keep_ev]
+    is_last = pos == lengths[sess] - 1
+    if last_only:
+        n_events = int(np.count_nonzero(lengths >= 2))
+        is_target = is_last[known][keep_ev]
+        unknown_targets_pos = pos[(~known) & (pos >= 1) & is_last]
+        first_known_missed = k_pos_orig[(k_rank == 0) & (k_pos_orig >= 1) & is_last[known]]
+    else:
+        n_events = int(np.sum(np.maximum(lengths - 1, 0)))
+        is_target = np.ones(items.size, bool)
+        unknown_targets_pos = pos[(~known) & (pos >= 1)]
+        first_known_missed = k_pos_orig[(k_rank == 0) & (k_pos_orig >= 1)]
+    miss_positions = np.concatenate((unknown_targets_pos, first_known_missed)).astype(np.int64)
+    return _Prepared(items, offsets, positions, n_events, 0, miss_positions, is_target)
+
+
+def evaluate(
+    scorer: NextItemScorer,
+    test: SessionData,
+    *,
+    cutoffs: Sequence[int] = (1, 5, 10, 20),
+    tie_mode: str = "conservative",
+    unknown_targets: str = "drop",
+    batch_size: int = 512,
+    max_position: int = 10,
+    targets: str = "all",
+) -> EvalResult:
+    """Next-item full-ranking evaluation of ``scorer`` on ``test``.
+
+    Parameters
+    ----------
+    scorer : NextItemScorer
+        A fitted model or baseline.
+    test : SessionData
+        Test sessions expressed with the *training* item map (``test.n_items == scorer.n_items``);
+        unknown items marked ``-1`` (``keep_unknown=True``) or already dropped.
+    cutoffs : sequence of int, default (1, 5, 10, 20)
+    tie_mode : {"conservative", "standard", "median"}, default "conservative"
+        See :mod:`seqrec_fast.metrics`.
+    unknown_targets : {"drop", "miss"}, default "drop"
+        See the module docstring.
+    batch_size : int, default 512
+        Number of session-parallel slots.
+    max_position : int, default 10
+        Last bucket of the per-position breakdown (``"10+"``).
+    targets : {"all", "last"}, default "all"
+        ``"all"``: every event after the first is a prediction (session-based protocol). ``"last"``: only
+        the last event of each test session is (leave-one-out on user histories; earlier events are only
+        fed as inputs).
+
+    Returns
+    -------
+    EvalResult
+    """
+    if tie_mode not in TIE_MODES:
+        raise ValueError(f"tie_mode must be one of {TIE_MODES}, got {tie_mode!r}")
+    cut = check_cutoffs(cutoffs)
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(max_position, (int, np.integer)) or max_position < 1:
+        raise ValueError(f"max_position must be a positive int, got {max_position!r}")
+    n_items = int(scorer.n_items)
+    prep = prepare_test(test, n_items, unknown_targets, targets)
+    items, offsets = prep.items, prep.offsets
+    n_sess = offsets.size - 1
+    n_gt = np.zeros(items.size, dtype=np.int64)
+    n_ge = np.zeros(items.size, dtype=np.int64)
+    scored = np.zeros(items.size, dtype=bool)
+
+    t0 = time.perf_counter()
+    if n_sess > 0:
+        lengths = np.diff(offsets)
+        n_slots = int(min(batch_size, n_sess))
+        scorer.start(n_slots)
+        slot_sess = np.arange(n_slots, dtype=np.int64)
+        slot_pos = np.zeros(n_slots, dtype=np.int64)
+        active = np.ones(n_slots, dtype=bool)
+        scorer.reset(np.arange(n_slots, dtype=np.int64))
+        next_sess = n_slots
+        while True:
+            act = np.flatnonzero(active).astype(np.int64)
+            if act.size == 0:
+                break
+            ev = offsets[slot_sess[act]] + slot_pos[act]
+            inp = items[ev]
+            tgt_ev = ev + 1
+            tgt = items[tgt_ev]
+            scores = scorer.score(act, inp)
+            if not isinstance(scores, np.ndarray) or scores.shape != (act.size, n_items):
+                raise ValueError(
+                    f"{type(scorer).__name__}.score returned shape {getattr(scores, 'shape', None)}; "
+                    f"expected ({act.size}, {n_items})"
+                )
+            gt, ge = rank_counts(scores, scores[np.arange(act.size), tgt])
+            n_gt[tgt_ev] = gt
+            n_ge[tgt_ev] = ge
+            scored[tgt_ev] = True
+            slot_pos[act] += 1
+            done = act[slot_pos[act] + 1 >= lengths[slot_sess[act]]]
+            if done.size:
+                k = int(min(done.size, n_sess - next_sess))
+                if k > 0:
+                    new = done[:k]
+                    slot_sess[new] = np.arange(next_sess, next_sess + k)
+                    slot_pos[new] = 0
+                    scorer.reset(new)
+                    next_sess += k
+                active[done[k:]] = False
+    seconds = time.perf_counter() - t0
+
+    scored &= prep.is_target
+    ranks_scored = ranks_from_counts(n_gt[scored], n_ge[scored], tie_mode)
+    pos_scored = prep.positions[scored]
+    ranks = np.concatenate((ranks_scored, np.full(prep.miss_positions.size, np.inf)))
+    positions = np.concatenate((pos_scored, prep.miss_positions))
+    assert ranks.size == prep.n_events, (ranks.size, prep.n_events)
+    metrics = metrics_from_ranks(ranks, cut)
+    by_position: dict[str, dict[str, float]] = {}
+    bucket = np.minimum(positions, max_position)
+    for p in range(1, max_position + 1):
+        sel = bucket == p
+        if not sel.any():
+            continue
+        label = f"{p}+" if p == max_position else str(p)
+        entry: dict[str, float] = {"n": int(sel.sum())}
+        entry.update(metrics_from_ranks(ranks[sel], cut))
+        by_position[label] = entry
+    return EvalResult(
+        metrics=metrics,
+        n_events=int(prep.n_events),
+        n_dropped=int(prep.n_dropped),
+        n_scored=int(ranks_scored.size),
+        n_unknown_targets=int(prep.miss_positions.size),
+        by_position=by_position,
+        seconds=seconds,
+        cutoffs=cut,
+        tie_mode=tie_mode,
+        unknown_targets=unknown_targets,
+        targets=targets,
+        ranks=ranks,
+    )
