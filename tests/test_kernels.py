@@ -320,3 +320,46 @@ def test_results_do_not_depend_on_memory_alignment(rng, cell, dtype):
     for shift in (1, 3, 5):
         for x, y in zip(base, run(shift)):
             np.testing.assert_array_equal(x, y)
+
+
+def make_drop(rng, T, hs, p=0.4, dtype=np.float64):
+    return [((rng.random((T, B, h)) >= p) / (1 - p)).astype(dtype) for h in hs]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_reference_backward_with_dropout_matches_finite_differences(rng, cell):
+    T, hs = 4, HS2
+    X, h0, c0, reset, W = make_window(rng, cell, T, hs)
+    drop = make_drop(rng, T, hs)
+    RY = rng.normal(size=(T, B, hs[-1]))
+
+    def loss():
+        return np.sum(ref.sequence_forward(cell, X, h0, c0, reset, W, drop)[0] * RY)
+
+    _, _, _, cache = ref.sequence_forward(cell, X, h0, c0, reset, W, drop)
+    dX, dh0, _, grads = ref.sequence_backward(cell, RY, None, None, X, reset, W, cache, drop)
+    np.testing.assert_allclose(dX, numeric_grad(loss, X), rtol=1e-6, atol=1e-8)
+    for l in range(len(hs)):
+        np.testing.assert_allclose(dh0[l], numeric_grad(loss, h0[l]), rtol=1e-6, atol=1e-8)
+        for p, g in zip(W[l], grads[l]):
+            np.testing.assert_allclose(g, numeric_grad(loss, p), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell", CELLS)
+def test_sequence_with_dropout_matches_reference(rng, cell, dtype):
+    T, hs = 4, HS2
+    X, h0, c0, reset, W = make_window(rng, cell, T, hs, dtype)
+    drop = make_drop(rng, T, hs, dtype=dtype)
+    drop[0] = None  # a layer without dropout next to one with it
+    r = ref.sequence_forward(cell, X, h0, c0, reset, W, drop)
+    c = _core.sequence_forward(cell, X, h0, c0, reset, W, drop, num_threads=2)
+    assert_close("Y", c[0], r[0], dtype)
+    dY = rng.normal(size=r[0].shape).astype(dtype)
+    rb = ref.sequence_backward(cell, dY, None, None, X, reset, W, r[3], drop)
+    cb = _core.sequence_backward(cell, dY, None, None, X, reset, W, c[3], drop, num_threads=2)
+    assert_close("dX", cb[0], rb[0], dtype)
+    for l in range(len(hs)):
+        assert_close("dh0", cb[1][l], rb[1][l], dtype)
+        for name, a, e in zip(("dW_x", "dW_h", "db"), cb[3][l], rb[3][l]):
+            assert_close(name, a, e, dtype)

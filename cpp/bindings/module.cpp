@@ -233,9 +233,31 @@ std::vector<const T*> parse_states(const Args& args, py::handle obj, const char*
   return out;
 }
 
+// Optional per-layer dropout multipliers: None or a list of L arrays (T, B, H_l).
+template <class T>
+std::vector<const T*> parse_drop(const Args& args, py::handle obj, const Stack<T>& st, Index Tn,
+                                 Index B, std::vector<py::array>& keep) {
+  const size_t L = st.params.size();
+  std::vector<const T*> out(L, nullptr);
+  if (obj.is_none()) return out;
+  if (!py::isinstance<py::sequence>(obj) || py::len(obj) != L) {
+    args.type_error("argument 'drop' must be None or a list of " + std::to_string(L) +
+                    " arrays (T, B, H_l) (or None entries), one per layer");
+  }
+  auto seq = py::reinterpret_borrow<py::sequence>(obj);
+  for (size_t l = 0; l < L; ++l) {
+    if (seq[l].is_none()) continue;
+    auto a = args.array<T>(seq[l], "drop[" + std::to_string(l) + "]", {Tn, B, st.params[l].H},
+                           "(T, B, H_l)");
+    keep.push_back(a);
+    out[l] = cptr<T>(a);
+  }
+  return out;
+}
+
 template <Cell K, class T>
 py::tuple sequence_forward_impl(const Args& args, py::handle X_, py::handle h0_, py::handle c0_,
-                                py::handle reset_, py::handle weights_, int nt) {
+                                py::handle reset_, py::handle weights_, py::handle drop_, int nt) {
   constexpr Index G = seqrec::gate_count(K);
   auto X = args.array<T>(X_, "X", {ANY, ANY, ANY}, "(T, B, E)");
   const Index Tn = X.shape(0), B = X.shape(1), E = X.shape(2);
@@ -253,6 +275,7 @@ py::tuple sequence_forward_impl(const Args& args, py::handle X_, py::handle h0_,
   }
   py::array rkeep;
   const std::uint8_t* reset = args.mask(reset_, "reset", Tn, B, rkeep);
+  auto drop = parse_drop<T>(args, drop_, st, Tn, B, keep);
 
   py::list caches, h_last, c_last;
   std::vector<seqrec::LayerCache<T>> lc(L);
@@ -263,11 +286,9 @@ py::tuple sequence_forward_impl(const Args& args, py::handle X_, py::handle h0_,
     d["h_in"] = h_in;
     d["h_out"] = h_out;
     lc[l] = {ptr<T>(h_in), ptr<T>(h_out), nullptr, nullptr, nullptr};
-    if constexpr (K != Cell::RNN) {
-      auto g = empty<T>({Tn, B, G * H});
-      d["gates"] = g;
-      lc[l].gates = ptr<T>(g);
-    }
+    auto g = empty<T>({Tn, B, G * H});
+    d["gates"] = g;
+    lc[l].gates = ptr<T>(g);
     if constexpr (K == Cell::LSTM) {
       auto ci = empty<T>({Tn, B, H}), co = empty<T>({Tn, B, H});
       d["c_in"] = ci;
@@ -281,8 +302,8 @@ py::tuple sequence_forward_impl(const Args& args, py::handle X_, py::handle h0_,
     py::gil_scoped_release release;
     for (size_t l = 0; l < L; ++l) {
       const T* in = l == 0 ? cptr<T>(X) : lc[l - 1].h_out;
-      seqrec::layer_forward<K, T>(Tn, B, st.params[l], in, h0[l],
-                                  K == Cell::LSTM ? c0[l] : nullptr, reset, lc[l], nt);
+      seqrec::layer_forward<K, T>(Tn, B, st.params[l], in, nullptr, h0[l],
+                                  K == Cell::LSTM ? c0[l] : nullptr, reset, drop[l], lc[l], nt);
     }
   }
   for (size_t l = 0; l < L; ++l) {
@@ -304,7 +325,7 @@ py::tuple sequence_forward_impl(const Args& args, py::handle X_, py::handle h0_,
 template <Cell K, class T>
 py::tuple sequence_backward_impl(const Args& args, py::handle dY_, py::handle dh_last_,
                                  py::handle dc_last_, py::handle X_, py::handle reset_,
-                                 py::handle weights_, py::handle cache_, int nt) {
+                                 py::handle weights_, py::handle cache_, py::handle drop_, int nt) {
   constexpr Index G = seqrec::gate_count(K);
   auto X = args.array<T>(X_, "X", {ANY, ANY, ANY}, "(T, B, E)");
   const Index Tn = X.shape(0), B = X.shape(1), E = X.shape(2);
@@ -324,6 +345,7 @@ py::tuple sequence_backward_impl(const Args& args, py::handle dY_, py::handle dh
   }
   py::array rkeep;
   const std::uint8_t* reset = args.mask(reset_, "reset", Tn, B, rkeep);
+  auto drop = parse_drop<T>(args, drop_, st, Tn, B, keep);
   if (!py::isinstance<py::sequence>(cache_) || py::len(cache_) != L) {
     args.type_error("argument 'cache' must be the list of " + std::to_string(L) +
                     " per-layer dicts returned by sequence_forward");
@@ -342,8 +364,7 @@ py::tuple sequence_backward_impl(const Args& args, py::handle dY_, py::handle dh
       keep.push_back(a);
       return cptr<T>(a);
     };
-    lc[l] = {get("h_in", H), get("h_out", H), nullptr, nullptr, nullptr};
-    if constexpr (K != Cell::RNN) lc[l].gates = get("gates", G * H);
+    lc[l] = {get("h_in", H), get("h_out", H), get("gates", G * H), nullptr, nullptr};
     if constexpr (K == Cell::LSTM) {
       lc[l].c_in = get("c_in", H);
       lc[l].c_out = get("c_out", H);
@@ -384,8 +405,8 @@ py::tuple sequence_backward_impl(const Args& args, py::handle dY_, py::handle dh
         dIn.assign(static_cast<size_t>(Tn * B * p.I), T(0));
         dIn_ptr = dIn.data();
       }
-      seqrec::layer_backward<K, T>(Tn, B, p, in, reset, lc[l], dOut, carry_h[l], carry_c[l], dIn_ptr,
-                                   gp[l][0], gp[l][1], gp[l][2], nt);
+      seqrec::layer_backward<K, T>(Tn, B, p, in, nullptr, reset, drop[l], lc[l], dOut, carry_h[l],
+                                   carry_c[l], dIn_ptr, gp[l][0], gp[l][1], gp[l][2], nullptr, nt);
       if (l > 0) {
         dIn_above.swap(dIn);
         dOut = dIn_above.data();
@@ -398,41 +419,43 @@ py::tuple sequence_backward_impl(const Args& args, py::handle dY_, py::handle dh
 
 template <class T>
 py::tuple dispatch_forward(Cell cell, const Args& a, py::handle X, py::handle h0, py::handle c0,
-                           py::handle reset, py::handle w, int nt) {
+                           py::handle reset, py::handle w, py::handle drop, int nt) {
   switch (cell) {
-    case Cell::RNN: return sequence_forward_impl<Cell::RNN, T>(a, X, h0, c0, reset, w, nt);
-    case Cell::GRU: return sequence_forward_impl<Cell::GRU, T>(a, X, h0, c0, reset, w, nt);
-    default: return sequence_forward_impl<Cell::LSTM, T>(a, X, h0, c0, reset, w, nt);
+    case Cell::RNN: return sequence_forward_impl<Cell::RNN, T>(a, X, h0, c0, reset, w, drop, nt);
+    case Cell::GRU: return sequence_forward_impl<Cell::GRU, T>(a, X, h0, c0, reset, w, drop, nt);
+    default: return sequence_forward_impl<Cell::LSTM, T>(a, X, h0, c0, reset, w, drop, nt);
   }
 }
 template <class T>
 py::tuple dispatch_backward(Cell cell, const Args& a, py::handle dY, py::handle dh, py::handle dc,
-                            py::handle X, py::handle reset, py::handle w, py::handle cache, int nt) {
+                            py::handle X, py::handle reset, py::handle w, py::handle cache,
+                            py::handle drop, int nt) {
   switch (cell) {
-    case Cell::RNN: return sequence_backward_impl<Cell::RNN, T>(a, dY, dh, dc, X, reset, w, cache, nt);
-    case Cell::GRU: return sequence_backward_impl<Cell::GRU, T>(a, dY, dh, dc, X, reset, w, cache, nt);
-    default: return sequence_backward_impl<Cell::LSTM, T>(a, dY, dh, dc, X, reset, w, cache, nt);
+    case Cell::RNN: return sequence_backward_impl<Cell::RNN, T>(a, dY, dh, dc, X, reset, w, cache, drop, nt);
+    case Cell::GRU: return sequence_backward_impl<Cell::GRU, T>(a, dY, dh, dc, X, reset, w, cache, drop, nt);
+    default: return sequence_backward_impl<Cell::LSTM, T>(a, dY, dh, dc, X, reset, w, cache, drop, nt);
   }
 }
 
 py::tuple sequence_forward(const std::string& cell, py::object X, py::object h0, py::object c0,
-                           py::object reset, py::object weights, int num_threads) {
+                           py::object reset, py::object weights, py::object drop, int num_threads) {
   Args a{"sequence_forward"};
   const Cell k = parse_cell(a, cell);
   const int nt = a.threads(num_threads);
-  if (dtype_of(a, X, "X") == DType::F32) return dispatch_forward<float>(k, a, X, h0, c0, reset, weights, nt);
-  return dispatch_forward<double>(k, a, X, h0, c0, reset, weights, nt);
+  if (dtype_of(a, X, "X") == DType::F32)
+    return dispatch_forward<float>(k, a, X, h0, c0, reset, weights, drop, nt);
+  return dispatch_forward<double>(k, a, X, h0, c0, reset, weights, drop, nt);
 }
 
 py::tuple sequence_backward(const std::string& cell, py::object dY, py::object dh_last,
                             py::object dc_last, py::object X, py::object reset, py::object weights,
-                            py::object cache, int num_threads) {
+                            py::object cache, py::object drop, int num_threads) {
   Args a{"sequence_backward"};
   const Cell k = parse_cell(a, cell);
   const int nt = a.threads(num_threads);
   if (dtype_of(a, X, "X") == DType::F32)
-    return dispatch_backward<float>(k, a, dY, dh_last, dc_last, X, reset, weights, cache, nt);
-  return dispatch_backward<double>(k, a, dY, dh_last, dc_last, X, reset, weights, cache, nt);
+    return dispatch_backward<float>(k, a, dY, dh_last, dc_last, X, reset, weights, cache, drop, nt);
+  return dispatch_backward<double>(k, a, dY, dh_last, dc_last, X, reset, weights, cache, drop, nt);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -460,13 +483,9 @@ py::tuple cell_forward_impl(const Args& args, py::handle x_, py::handle h_, py::
   if constexpr (K == Cell::LSTM) c = args.array<T>(c_, "c", {B, H}, "(B, H)");
   seqrec::LayerParams<T> p{cptr<T>(wx), cptr<T>(wh), cptr<T>(bb), E, H};
   auto h_new = empty<T>({B, H});
-  py::array gates, c_new, h_in_dummy = empty<T>({B, H});
-  seqrec::LayerCache<T> lc{ptr<T>(h_in_dummy), ptr<T>(h_new), nullptr, nullptr, nullptr};
+  py::array c_new, h_in_dummy = empty<T>({B, H}), gates = empty<T>({B, G * H});
+  seqrec::LayerCache<T> lc{ptr<T>(h_in_dummy), ptr<T>(h_new), ptr<T>(gates), nullptr, nullptr};
   py::array c_in_dummy;
-  if constexpr (K != Cell::RNN) {
-    gates = empty<T>({B, G * H});
-    lc.gates = ptr<T>(gates);
-  }
   if constexpr (K == Cell::LSTM) {
     c_new = empty<T>({B, H});
     c_in_dummy = empty<T>({B, H});
@@ -475,8 +494,8 @@ py::tuple cell_forward_impl(const Args& args, py::handle x_, py::handle h_, py::
   }
   {
     py::gil_scoped_release release;
-    seqrec::layer_forward<K, T>(1, B, p, cptr<T>(x), cptr<T>(h),
-                                K == Cell::LSTM ? cptr<T>(c) : nullptr, nullptr, lc, nt);
+    seqrec::layer_forward<K, T>(1, B, p, cptr<T>(x), nullptr, cptr<T>(h),
+                                K == Cell::LSTM ? cptr<T>(c) : nullptr, nullptr, nullptr, lc, nt);
   }
   if constexpr (K == Cell::RNN) return py::make_tuple(h_new);
   else if constexpr (K == Cell::GRU) return py::make_tuple(h_new, gates);
@@ -506,6 +525,7 @@ py::tuple cell_backward_impl(const Args& args, py::handle dh_new_, py::handle dc
   if constexpr (K == Cell::RNN) {
     h_new = args.array<T>(h_new_, "h_new", {B, H}, "(B, H)");
     lc.h_out = cptr<T>(h_new);
+    lc.gates = cptr<T>(h_new);  // without dropout the rnn's gate u is h' itself
   } else {
     gates = args.array<T>(gates_, "gates", {B, G * H}, "(B, G*H)");
     lc.gates = cptr<T>(gates);
@@ -527,9 +547,9 @@ py::tuple cell_backward_impl(const Args& args, py::handle dh_new_, py::handle dc
   auto dWx = empty<T>({E, G * H}), dWh = empty<T>({H, G * H}), db = empty<T>({G * H});
   {
     py::gil_scoped_release release;
-    seqrec::layer_backward<K, T>(1, B, p, cptr<T>(x), nullptr, lc, cptr<T>(zero_out), ptr<T>(dh),
-                                 K == Cell::LSTM ? ptr<T>(dc) : nullptr, ptr<T>(dx), ptr<T>(dWx),
-                                 ptr<T>(dWh), ptr<T>(db), nt);
+    seqrec::layer_backward<K, T>(1, B, p, cptr<T>(x), nullptr, nullptr, nullptr, lc,
+                                 cptr<T>(zero_out), ptr<T>(dh), K == Cell::LSTM ? ptr<T>(dc) : nullptr,
+                                 ptr<T>(dx), ptr<T>(dWx), ptr<T>(dWh), ptr<T>(db), nullptr, nt);
   }
   if constexpr (K == Cell::LSTM) return py::make_tuple(dx, dh, dc, dWx, dWh, db);
   else return py::make_tuple(dx, dh, dWx, dWh, db);
@@ -651,15 +671,18 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
         py::arg("num_threads") = 1,
         "Backward of lstm_forward. Returns (dx, dh, dc, dW_x, dW_h, db).");
   m.def("sequence_forward", &sequence_forward, py::arg("cell"), py::arg("X"), py::arg("h0"),
-        py::arg("c0"), py::arg("reset"), py::arg("weights"), py::arg("num_threads") = 1,
+        py::arg("c0"), py::arg("reset"), py::arg("weights"), py::arg("drop") = py::none(),
+        py::arg("num_threads") = 1,
         "Forward over a window of T steps through L stacked layers.\n\n"
         "cell: 'rnn' | 'gru' | 'lstm'. X (T, B, E). h0: list of L arrays (B, H_l); c0: same for lstm,\n"
         "else None. reset: None or (T, B) bool/uint8, nonzero zeroes the row's carried state before\n"
         "step t. weights: list of L (W_x (I_l, G*H_l), W_h (H_l, G*H_l), b (G*H_l,)).\n"
+        "drop: None or a list of L (T, B, H_l) dropout multipliers on each layer's output (the\n"
+        "dropped-out output is also the carried state).\n"
         "Returns (Y (T, B, H_L), h_last list, c_last list or None, cache list of per-layer dicts).");
   m.def("sequence_backward", &sequence_backward, py::arg("cell"), py::arg("dY"), py::arg("dh_last"),
         py::arg("dc_last"), py::arg("X"), py::arg("reset"), py::arg("weights"), py::arg("cache"),
-        py::arg("num_threads") = 1,
+        py::arg("drop") = py::none(), py::arg("num_threads") = 1,
         "Truncated BPTT over the window of sequence_forward. dY (T, B, H_L); dh_last / dc_last:\n"
         "None or lists of (B, H_l). Returns (dX (T, B, E), dh0 list, dc0 list or None,\n"
         "grads list of (dW_x, dW_h, db)).");

@@ -153,6 +153,7 @@ def sequence_forward(
     c0: Optional[Sequence[np.ndarray]],
     reset: Optional[np.ndarray],
     weights: Sequence[tuple],
+    drop: Optional[Sequence[Optional[np.ndarray]]] = None,
     num_threads: int = 1,
 ):
     """Forward over a window of T steps through L stacked layers.
@@ -170,6 +171,9 @@ def sequence_forward(
         Nonzero at (t, b) zeroes row b's carried state before step t (a new session begins).
     weights : list of L tuples (W_x (I_l, G*H_l), W_h (H_l, G*H_l), b (G*H_l,))
         I_0 = E, I_l = H_{l-1}.
+    drop : list of L ndarrays (T, B, H_l) (or None entries), or None
+        Dropout multipliers (0 or 1/(1-p)) on each layer's output. The dropped-out output is what
+        the next layer sees and what is carried to the next step.
 
     Returns
     -------
@@ -178,8 +182,8 @@ def sequence_forward(
     h_last : list of L ndarrays (B, H_l)
     c_last : list of L ndarrays (B, H_l), or None
     cache : list of L dicts
-        ``h_in``, ``h_out`` (T, B, H_l); ``gates`` (T, B, G*H_l) for gru/lstm; ``c_in``, ``c_out``
-        for lstm.
+        ``h_in``, ``h_out`` (T, B, H_l); ``gates`` (T, B, G*H_l) (for rnn: tanh output before
+        dropout); ``c_in``, ``c_out`` for lstm.
     """
     T, B, _ = X.shape
     inp = X
@@ -187,8 +191,8 @@ def sequence_forward(
     for l, (W_x, W_h, b) in enumerate(weights):
         H = W_h.shape[0]
         d = {"h_in": np.empty((T, B, H), X.dtype), "h_out": np.empty((T, B, H), X.dtype)}
-        if cell != "rnn":
-            d["gates"] = np.empty((T, B, GATES[cell] * H), X.dtype)
+        d["gates"] = np.empty((T, B, GATES[cell] * H), X.dtype)
+        mask = drop[l] if drop is not None else None
         if cell == "lstm":
             d["c_in"] = np.empty((T, B, H), X.dtype)
             d["c_out"] = np.empty((T, B, H), X.dtype)
@@ -200,6 +204,7 @@ def sequence_forward(
             d["h_in"][t] = h
             if cell == "rnn":
                 h = rnn_forward(inp[t], h, W_x, W_h, b)
+                d["gates"][t] = h
             elif cell == "gru":
                 h, d["gates"][t] = gru_forward(inp[t], h, W_x, W_h, b)
             else:
@@ -207,6 +212,8 @@ def sequence_forward(
                 d["c_in"][t] = c
                 h, c, d["gates"][t] = lstm_forward(inp[t], h, c, W_x, W_h, b)
                 d["c_out"][t] = c
+            if mask is not None:
+                h = h * mask[t]
             d["h_out"][t] = h
         caches.append(d)
         h_last.append(h.copy())
@@ -225,6 +232,7 @@ def sequence_backward(
     reset: Optional[np.ndarray],
     weights: Sequence[tuple],
     cache: Sequence[dict],
+    drop: Optional[Sequence[Optional[np.ndarray]]] = None,
     num_threads: int = 1,
 ):
     """Truncated BPTT over the window of :func:`sequence_forward`.
@@ -237,7 +245,7 @@ def sequence_backward(
         Gradient of the loss with respect to each step's top-layer output.
     dh_last, dc_last : list of L ndarrays (B, H_l), or None (zeros)
         Gradient with respect to the final state (zero in truncated BPTT; there for completeness).
-    X, reset, weights : as given to :func:`sequence_forward`.
+    X, reset, weights, drop : as given to :func:`sequence_forward`.
     cache : the cache returned by :func:`sequence_forward`.
 
     Returns
@@ -262,11 +270,14 @@ def sequence_backward(
             carry_c = np.zeros((B, H), X.dtype) if dc_last is None else dc_last[l].copy()
         dW_x, dW_h, db = np.zeros_like(W_x), np.zeros_like(W_h), np.zeros(W_x.shape[1], X.dtype)
         dIn = np.empty(inp.shape, X.dtype)
+        mask = drop[l] if drop is not None else None
         for t in range(T - 1, -1, -1):
             dh = dOut[t] + carry
+            if mask is not None:
+                dh = dh * mask[t]
             h_in = d["h_in"][t]
             if cell == "rnn":
-                dA = dh * (1.0 - d["h_out"][t] ** 2)
+                dA = dh * (1.0 - d["gates"][t] ** 2)
                 dh_prev = dA @ W_h.T
                 dW_h += h_in.T @ dA
             elif cell == "gru":

@@ -11,7 +11,7 @@
 
 namespace seqrec {
 
-// a      (n, H)  in: x·W_x + b; out: h' (the rnn keeps no separate gates: h' is its cache)
+// a      (n, H)  in: x·W_x + b; out: h' = tanh(·), the rnn's only gate (its cache)
 // h      (n, H)  state entering the step
 // W_h    (H, H)
 template <class T>
@@ -21,16 +21,16 @@ void rnn_step_forward(Index n, Index H, T* a, const T* h, const T* W_h) {
   activate(Act::Tanh, a, n * H);
 }
 
-// dh     (n, H)  gradient reaching h' (output + carried)
-// h_out  (n, H)  h' from forward
+// dh     (n, H)  gradient reaching h' (output + carried, after the dropout mask)
+// u      (n, H)  h' = tanh(·) from forward (before dropout)
 // W_h    (H, H)
 // dA     (n, H)  out: gradient of the pre-activation
 // dh_prev(n, H)  out: gradient of the entering state (before the reset mask)
 template <class T>
-void rnn_step_backward(Index n, Index H, const T* dh, const T* h_out, const T* W_h, T* dA,
+void rnn_step_backward(Index n, Index H, const T* dh, const T* u, const T* W_h, T* dA,
                        T* dh_prev) {
   MapR<T> DA(dA, n, H);
-  CMapR<T> Y(h_out, n, H);
+  CMapR<T> Y(u, n, H);
   DA = CMapR<T>(dh, n, H).array() * (T(1) - Y.array().square());
   MapR<T>(dh_prev, n, H).noalias() = DA * CMapR<T>(W_h, H, H).transpose();
 }

@@ -3,12 +3,18 @@
 // (layer l over all T steps, then l+1): layer l at step t needs only layer l−1 at t and itself at t−1.
 // Reset: reset[t, b] != 0 zeroes row b's carried state before step t (a new session took the slot),
 // so no value and no gradient crosses a session boundary.
+// Dropout: an optional (T, B, H) multiplier (0 or 1/(1−p)) on each step's output; the dropped-out
+// output is both what the next layer sees and the state carried to the next step (DESIGN.md §3.2).
+// Index input: for the one-hot input mode the layer input is an item index per row, so x·W_x is the
+// row W_x[x] (a gather, no product); backward then leaves dW_x to the caller (a lazy row update)
+// and hands back the pre-activation gradient dA instead.
 // Parallel: over batch rows, one parallel region per time step (rows are independent within a step);
 // the weight gradients are then one product over all T·B rows, parallel over output columns, so no
 // thread-local partial sums are needed and results are deterministic for a given thread count.
-// Not here: losses, dropout and the output layer (other headers); allocation (the caller owns memory).
+// Not here: losses and the output layer (train.h); allocation of outputs (the caller owns memory).
 #pragma once
 
+#include <algorithm>
 #include <vector>
 
 #include "gru.h"
@@ -36,14 +42,16 @@ void masked_copy(Index r0, Index r1, Index H, const T* prev, const std::uint8_t*
 }  // namespace detail
 
 // Forward over T steps of one layer.
-//   X      (T, B, I)   layer input
+//   X      (T, B, I)   layer input; ignored when x_idx is given
+//   x_idx  (T, B)      int32 item per row (one-hot input: a = W_x[x] + b; x < 0 gives a = b), or null
 //   h0, c0 (B, H)      state before step 0 (c0 only for lstm)
 //   reset  (T, B)      uint8, or null for no resets
-//   cache              LayerCache<T> (see types.h); filled here
-// For rnn the pre-activation is built in h_out (no gates buffer).
+//   drop   (T, B, H)   dropout multiplier on the output, or null
+//   cache              LayerCache<T> (see types.h); filled here. gates holds u = tanh(·) for rnn.
 template <Cell K, class T>
-void layer_forward(Index Tn, Index B, const LayerParams<T>& p, const T* X, const T* h0, const T* c0,
-                   const std::uint8_t* reset, const LayerCache<T>& cache, int num_threads) {
+void layer_forward(Index Tn, Index B, const LayerParams<T>& p, const T* X, const std::int32_t* x_idx,
+                   const T* h0, const T* c0, const std::uint8_t* reset, const T* drop,
+                   const LayerCache<T>& cache, int num_threads) {
   constexpr int G = gate_count(K);
   const Index H = p.H, I = p.I, GH = G * H;
   CMapR<T> Wx(p.W_x, I, GH);
@@ -55,16 +63,24 @@ void layer_forward(Index Tn, Index B, const LayerParams<T>& p, const T* X, const
     const std::uint8_t* rt = reset ? reset + t * B : nullptr;
     T* h_in = cache.h_in + t * B * H;
     T* h_out = cache.h_out + t * B * H;
-    T* a = K == Cell::RNN ? h_out : cache.gates + t * B * GH;
-    const T* x = X + t * B * I;
+    T* a = cache.gates + t * B * GH;
     parallel_for(B, num_threads, [&](Index r0, Index r1) {
       const Index n = r1 - r0;
       detail::masked_copy(r0, r1, H, prev_h, rt, h_in);
       MapR<T> A(a + r0 * GH, n, GH);
-      A.noalias() = CMapR<T>(x + r0 * I, n, I) * Wx;
-      A.rowwise() += bias;
+      if (x_idx) {
+        const std::int32_t* xi = x_idx + t * B;
+        for (Index r = r0; r < r1; ++r) {
+          if (xi[r] >= 0) A.row(r - r0) = Wx.row(xi[r]) + bias;
+          else A.row(r - r0) = bias;
+        }
+      } else {
+        A.noalias() = CMapR<T>(X + t * B * I + r0 * I, n, I) * Wx;
+        A.rowwise() += bias;
+      }
       if constexpr (K == Cell::RNN) {
         rnn_step_forward(n, H, a + r0 * GH, h_in + r0 * H, p.W_h);
+        std::copy(a + r0 * GH, a + r1 * GH, h_out + r0 * H);
       } else if constexpr (K == Cell::GRU) {
         gru_step_forward(n, H, a + r0 * GH, h_in + r0 * H, p.W_h, h_out + r0 * H,
                          scratch.data() + r0 * H);
@@ -74,46 +90,55 @@ void layer_forward(Index Tn, Index B, const LayerParams<T>& p, const T* X, const
         lstm_step_forward(n, H, a + r0 * GH, h_in + r0 * H, c_in + r0 * H, p.W_h, h_out + r0 * H,
                           cache.c_out + t * B * H + r0 * H);
       }
+      if (drop) {
+        MapR<T>(h_out + r0 * H, n, H).array() *= CMapR<T>(drop + t * B * H + r0 * H, n, H).array();
+      }
     });
   }
 }
 
 // Backward over T steps of one layer (truncated BPTT inside the window).
-//   dOut      (T, B, H)  gradient reaching each step's output from above (loss or the next layer)
+//   dOut      (T, B, H)  gradient reaching each step's (dropped-out) output from above
 //   carry_h   (B, H)     in: gradient of the last state (dh_last); out: gradient of h0 (dh0)
 //   carry_c   (B, H)     the same for the lstm memory cell; null otherwise
-//   dX        (T, B, I)  out: gradient of the layer input; may be null
-//   dW_x (I, GH), dW_h (H, GH), db (GH)  out (overwritten)
+//   drop      (T, B, H)  the forward's dropout multiplier, or null
+//   dX        (T, B, I)  out: gradient of the layer input; may be null (and is unused for x_idx)
+//   dW_x (I, GH)         out (overwritten); not touched when x_idx is given
+//   dW_h (H, GH), db (GH) out (overwritten)
+//   dA_out    (T, B, GH) out: pre-activation gradients, or null (then kept internally)
 template <Cell K, class T>
 void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
-                    const std::uint8_t* reset, const LayerCache<const T>& cache, const T* dOut,
-                    T* carry_h, T* carry_c, T* dX, T* dW_x, T* dW_h, T* db, int num_threads) {
+                    const std::int32_t* x_idx, const std::uint8_t* reset, const T* drop,
+                    const LayerCache<const T>& cache, const T* dOut, T* carry_h, T* carry_c, T* dX,
+                    T* dW_x, T* dW_h, T* db, T* dA_out, int num_threads) {
   constexpr int G = gate_count(K);
   const Index H = p.H, I = p.I, GH = G * H, TB = Tn * B;
   CMapR<T> Wx(p.W_x, I, GH);
-  std::vector<T> dA(TB * GH);
+  std::vector<T> dA_own(dA_out ? 0 : TB * GH);
+  T* dA = dA_out ? dA_out : dA_own.data();
   std::vector<T> dh(B * H), dhp(B * H);
   std::vector<T> rh(K == Cell::GRU ? TB * H : 0), drh(K == Cell::GRU ? B * H : 0);
   std::vector<T> dcp(K == Cell::LSTM ? B * H : 0);
   for (Index t = Tn - 1; t >= 0; --t) {
     const std::uint8_t* rt = reset ? reset + t * B : nullptr;
     const Index o = t * B * H;
-    T* dA_t = dA.data() + t * B * GH;
+    T* dA_t = dA + t * B * GH;
+    const T* g_t = cache.gates + t * B * GH;
     parallel_for(B, num_threads, [&](Index r0, Index r1) {
       const Index n = r1 - r0, ro = r0 * H;
-      MapR<T>(dh.data() + ro, n, H) =
-          CMapR<T>(dOut + o + ro, n, H) + CMapR<T>(carry_h + ro, n, H);
+      MapR<T> DH(dh.data() + ro, n, H);
+      DH = CMapR<T>(dOut + o + ro, n, H) + CMapR<T>(carry_h + ro, n, H);
+      if (drop) DH.array() *= CMapR<T>(drop + o + ro, n, H).array();
       if constexpr (K == Cell::RNN) {
-        rnn_step_backward(n, H, dh.data() + ro, cache.h_out + o + ro, p.W_h, dA_t + r0 * GH,
+        rnn_step_backward(n, H, dh.data() + ro, g_t + r0 * GH, p.W_h, dA_t + r0 * GH,
                           dhp.data() + ro);
       } else if constexpr (K == Cell::GRU) {
-        gru_step_backward(n, H, dh.data() + ro, cache.gates + t * B * GH + r0 * GH,
-                          cache.h_in + o + ro, p.W_h, dA_t + r0 * GH, dhp.data() + ro,
-                          rh.data() + o + ro, drh.data() + ro);
+        gru_step_backward(n, H, dh.data() + ro, g_t + r0 * GH, cache.h_in + o + ro, p.W_h,
+                          dA_t + r0 * GH, dhp.data() + ro, rh.data() + o + ro, drh.data() + ro);
       } else {
-        lstm_step_backward(n, H, dh.data() + ro, carry_c + ro, cache.gates + t * B * GH + r0 * GH,
-                           cache.c_in + o + ro, cache.c_out + o + ro, p.W_h, dA_t + r0 * GH,
-                           dhp.data() + ro, dcp.data() + ro);
+        lstm_step_backward(n, H, dh.data() + ro, carry_c + ro, g_t + r0 * GH, cache.c_in + o + ro,
+                           cache.c_out + o + ro, p.W_h, dA_t + r0 * GH, dhp.data() + ro,
+                           dcp.data() + ro);
       }
       // The entering state was zeroed where reset[t] is set: its gradient stops there.
       for (Index r = r0; r < r1; ++r) {
@@ -123,28 +148,30 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
           for (Index j = 0; j < H; ++j) carry_c[r * H + j] = cut ? T(0) : dcp[r * H + j];
         }
       }
-      if (dX) {
+      if (dX && !x_idx) {
         MapR<T>(dX + t * B * I + r0 * I, n, I).noalias() =
             CMapR<T>(dA_t + r0 * GH, n, GH) * Wx.transpose();
       }
     });
   }
   // Weight gradients over all T·B rows at once, split over output columns.
-  CMapR<T> DA(dA.data(), TB, GH);
-  CMapR<T> Xm(X, TB, I);
+  CMapR<T> DA(dA, TB, GH);
   CMapR<T> Hin(cache.h_in, TB, H);
-  MapR<T> DWx(dW_x, I, GH), DWh(dW_h, H, GH);
+  MapR<T> DWh(dW_h, H, GH);
   VecMap<T> DB(db, GH);
   parallel_for(
       GH, num_threads,
       [&](Index c0, Index c1) {
         const Index nc = c1 - c0;
-        DWx.middleCols(c0, nc).noalias() = Xm.transpose() * DA.middleCols(c0, nc);
+        if (!x_idx) {
+          MapR<T>(dW_x, I, GH).middleCols(c0, nc).noalias() =
+              CMapR<T>(X, TB, I).transpose() * DA.middleCols(c0, nc);
+        }
         // Plain loop: Eigen's vectorised colwise().sum() peels by alignment, which would make
         // the sum order (and the last bits) depend on where the buffer was allocated.
         for (Index c = c0; c < c1; ++c) DB[c] = T(0);
         for (Index r = 0; r < TB; ++r) {
-          const T* row = dA.data() + r * GH;
+          const T* row = dA + r * GH;
           for (Index c = c0; c < c1; ++c) DB[c] += row[c];
         }
         if constexpr (K == Cell::GRU) {
