@@ -14,6 +14,7 @@
 
 #include "seqrec/parallel.h"
 #include "seqrec/sequence.h"
+#include "seqrec/train.h"
 #include "seqrec/types.h"
 
 #ifndef SEQREC_MODULE_NAME
@@ -575,6 +576,265 @@ py::tuple cell_backward(const char* fn, py::handle dh_new, py::handle dc_new, py
   return cell_backward_impl<K, double>(a, dh_new, dc_new, x, h, c, h_new, c_new, gates, W_x, W_h, nt);
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Training on a chunk of windows.
+
+// An int32 array of the given shape with every value in [lo, hi).
+const std::int32_t* index_array(const Args& args, py::handle obj, const std::string& name,
+                                std::vector<Index> shape, const char* what, std::int32_t lo,
+                                std::int32_t hi, std::vector<py::array>& keep) {
+  auto a = args.array<std::int32_t>(obj, name, shape, what);
+  keep.push_back(a);
+  const std::int32_t* d = cptr<std::int32_t>(a);
+  for (py::ssize_t i = 0; i < a.size(); ++i) {
+    if (d[i] < lo || d[i] >= hi) {
+      throw py::index_error(std::string(args.fn) + ": " + name + " holds " + std::to_string(d[i]) +
+                            " at flat position " + std::to_string(i) + "; expected values in [" +
+                            std::to_string(lo) + ", " + std::to_string(hi) + ")");
+    }
+  }
+  return d;
+}
+
+template <class T>
+T* writable(const Args& args, py::array& a, const std::string& name) {
+  if (!a.writeable()) args.value_error("argument '" + name + "' must be writable (it is updated in place)");
+  return ptr<T>(a);
+}
+
+double cfg_num(const Args& args, const py::dict& cfg, const char* key, double dflt) {
+  if (!cfg.contains(key)) return dflt;
+  try {
+    return cfg[key].cast<double>();
+  } catch (const py::cast_error&) {
+    args.type_error(std::string("config['") + key + "'] must be a number");
+  }
+}
+
+seqrec::TrainConfig parse_config(const Args& args, const py::dict& cfg) {
+  seqrec::TrainConfig c;
+  const std::string loss = cfg.contains("loss") ? py::str(cfg["loss"]).cast<std::string>() : "cross-entropy";
+  if (loss == "cross-entropy") c.loss = seqrec::Loss::CrossEntropy;
+  else if (loss == "bpr-max") c.loss = seqrec::Loss::BprMax;
+  else if (loss == "top1-max") c.loss = seqrec::Loss::Top1Max;
+  else args.value_error("config['loss'] must be 'cross-entropy', 'bpr-max' or 'top1-max'; got '" + loss + "'");
+  const std::string opt = cfg.contains("optimizer") ? py::str(cfg["optimizer"]).cast<std::string>() : "adagrad";
+  if (opt == "adagrad") c.opt.kind = seqrec::Optim::AdagradM;
+  else if (opt == "adam") c.opt.kind = seqrec::Optim::Adam;
+  else args.value_error("config['optimizer'] must be 'adagrad' or 'adam'; got '" + opt + "'");
+  c.bpreg = cfg_num(args, cfg, "bpreg", 1.0);
+  c.elu_param = cfg_num(args, cfg, "elu_param", 0.0);
+  c.logq = cfg_num(args, cfg, "logq", 0.0);
+  c.sample_alpha = cfg_num(args, cfg, "sample_alpha", 0.5);
+  c.full_softmax = cfg_num(args, cfg, "full_softmax", 0.0) != 0.0;
+  c.batch_size = cfg_num(args, cfg, "batch_size", 32);
+  c.opt.lr = cfg_num(args, cfg, "learning_rate", 0.05);
+  c.opt.momentum = cfg_num(args, cfg, "momentum", 0.0);
+  c.opt.beta1 = cfg_num(args, cfg, "beta1", 0.9);
+  c.opt.beta2 = cfg_num(args, cfg, "beta2", 0.999);
+  c.opt.eps = cfg_num(args, cfg, "eps", c.opt.kind == seqrec::Optim::Adam ? 1e-8 : 1e-6);
+  c.opt.step = static_cast<long long>(cfg_num(args, cfg, "step", 1));
+  if (!(c.batch_size > 0)) args.value_error("config['batch_size'] must be > 0");
+  if (!(c.opt.lr > 0)) args.value_error("config['learning_rate'] must be > 0");
+  if (c.opt.momentum < 0) args.value_error("config['momentum'] must be >= 0");
+  if (c.opt.step < 1) args.value_error("config['step'] must be >= 1");
+  return c;
+}
+
+template <Cell KC, class T>
+py::tuple train_chunk_impl(const Args& args, const std::string& embedding, py::sequence params,
+                           py::sequence state1, py::sequence state2, py::sequence hidden,
+                           py::handle cell_state, py::handle x_, py::handle y_, py::handle reset_,
+                           py::handle neg_, py::handle drop_embed_, py::handle drop_hidden_,
+                           py::handle log_support_, const seqrec::TrainConfig& cfg, int nt) {
+  constexpr Index G = seqrec::gate_count(KC);
+  seqrec::TrainModel<T> m;
+  m.cell = KC;
+  if (embedding == "constrained") m.embedding = seqrec::Embedding::Constrained;
+  else if (embedding == "separate") m.embedding = seqrec::Embedding::Separate;
+  else if (embedding == "onehot") m.embedding = seqrec::Embedding::OneHot;
+  else args.value_error("embedding must be 'constrained', 'separate' or 'onehot'; got '" + embedding + "'");
+  const bool separate = m.embedding == seqrec::Embedding::Separate;
+  const size_t P = params.size();
+  if (P < 5 || (P - 2 - (separate ? 1 : 0)) % 3 != 0) {
+    args.value_error("params must be [W_x, W_h, b] per layer, then W_y, b_y" +
+                     std::string(separate ? ", E_in" : "") + "; got " + std::to_string(P) + " arrays");
+  }
+  const Index L = static_cast<Index>((P - 2 - (separate ? 1 : 0)) / 3);
+  if (state1.size() != P || state2.size() != P) {
+    args.value_error("state1 and state2 must have one entry per parameter (" + std::to_string(P) + ")");
+  }
+  std::vector<py::array> keep;
+  const bool need_s2 = cfg.opt.kind == seqrec::Optim::Adam || cfg.opt.momentum > 0;
+  // W_y first: it fixes N and H_L.
+  auto Wy = args.array<T>(params[3 * L], "params[W_y]", {ANY, ANY}, "(N, H_L)");
+  const Index N = Wy.shape(0);
+  if (N < 1) args.value_error("W_y has N = 0 items");
+  auto bind = [&](size_t i, const std::string& name, std::vector<Index> shape,
+                  const char* what) -> seqrec::Param<T> {
+    auto a = args.array<T>(params[i], name, shape, what);
+    auto s1 = args.array<T>(state1[i], "state1 of " + name, shape, what);
+    keep.insert(keep.end(), {a, s1});
+    T* s2p = nullptr;
+    if (need_s2) {
+      auto s2 = args.array<T>(state2[i], "state2 of " + name, shape, what);
+      keep.push_back(s2);
+      s2p = writable<T>(args, s2, "state2 of " + name);
+    }
+    Index rows = shape[0], cols = shape.size() > 1 ? shape[1] : 1;
+    return {writable<T>(args, a, name), writable<T>(args, s1, "state1 of " + name), s2p, rows, cols};
+  };
+  // hidden sizes from W_h
+  for (Index l = 0; l < L; ++l) {
+    py::handle wh = params[3 * l + 1];
+    if (!py::isinstance<py::array>(wh) || py::reinterpret_borrow<py::array>(wh).ndim() != 2) {
+      args.value_error("params[W_h of layer " + std::to_string(l) + "] must be a 2-d array (H, G*H)");
+    }
+    m.H.push_back(py::reinterpret_borrow<py::array>(wh).shape(0));
+  }
+  const Index HL = m.H[L - 1];
+  m.N = N;
+  m.W_y = bind(3 * L, "W_y", {N, HL}, "(N, H_L)");
+  m.b_y = bind(3 * L + 1, "b_y", {N}, "(N,)");
+  if (separate) {
+    py::handle e = params[3 * L + 2];
+    if (!py::isinstance<py::array>(e) || py::reinterpret_borrow<py::array>(e).ndim() != 2) {
+      args.value_error("params[E_in] must be a 2-d array (N, E)");
+    }
+    m.E_in = bind(3 * L + 2, "E_in", {N, py::reinterpret_borrow<py::array>(e).shape(1)}, "(N, E)");
+    m.I0 = m.E_in.cols;
+  } else {
+    m.E_in = {nullptr, nullptr, nullptr, 0, 0};
+    m.I0 = m.embedding == seqrec::Embedding::OneHot ? N : HL;
+  }
+  for (Index l = 0; l < L; ++l) {
+    const Index H = m.H[l], in = l == 0 ? m.I0 : m.H[l - 1];
+    const std::string ls = std::to_string(l);
+    m.W_x.push_back(bind(3 * l, "W_x of layer " + ls, {in, G * H}, l == 0 ? "(I_0, G*H)" : "(H_{l-1}, G*H)"));
+    m.W_h.push_back(bind(3 * l + 1, "W_h of layer " + ls, {H, G * H}, "(H, G*H)"));
+    m.b.push_back(bind(3 * l + 2, "b of layer " + ls, {G * H}, "(G*H,)"));
+  }
+  // schedule
+  auto xa = args.array<std::int32_t>(x_, "x", {ANY, ANY, ANY}, "(K, T, B)");
+  const Index K = xa.shape(0), Tn = xa.shape(1), B = xa.shape(2);
+  if (K < 1 || Tn < 1 || B < 1) args.value_error("x must have K, T, B >= 1; got " + shape_of(xa));
+  seqrec::Chunk<T> ch;
+  ch.K = K; ch.Tn = Tn; ch.B = B;
+  ch.x = index_array(args, x_, "x", {K, Tn, B}, "(K, T, B)", -1, static_cast<std::int32_t>(N), keep);
+  ch.y = index_array(args, y_, "y", {K, Tn, B}, "(K, T, B)", -1, static_cast<std::int32_t>(N), keep);
+  if (reset_.is_none()) args.type_error("argument 'reset' must be a (K, T, B) uint8 array");
+  {
+    auto r = args.array<std::uint8_t>(reset_, "reset", {K, Tn, B}, "(K, T, B)");
+    keep.push_back(r);
+    ch.reset = cptr<std::uint8_t>(r);
+  }
+  if (neg_.is_none()) {
+    ch.S = 0;
+    ch.neg = nullptr;
+  } else {
+    auto na = args.array<std::int32_t>(neg_, "neg", {K, Tn, ANY}, "(K, T, S)");
+    ch.S = na.shape(2);
+    ch.neg = index_array(args, neg_, "neg", {K, Tn, ch.S}, "(K, T, S)", 0, static_cast<std::int32_t>(N), keep);
+  }
+  if (cfg.full_softmax && ch.S > 0) args.value_error("neg must be None (or S = 0) with full_softmax");
+  if (drop_embed_.is_none()) {
+    ch.drop_embed = nullptr;
+  } else {
+    if (m.embedding == seqrec::Embedding::OneHot) {
+      args.value_error("drop_embed must be None in one-hot input mode (there is no embedding)");
+    }
+    auto d = args.array<T>(drop_embed_, "drop_embed", {K, Tn, B, m.I0}, "(K, T, B, I_0)");
+    keep.push_back(d);
+    ch.drop_embed = cptr<T>(d);
+  }
+  ch.drop_hidden.assign(static_cast<size_t>(L), nullptr);
+  if (!drop_hidden_.is_none()) {
+    if (!py::isinstance<py::sequence>(drop_hidden_) || py::len(drop_hidden_) != static_cast<size_t>(L)) {
+      args.type_error("drop_hidden must be None or a list of " + std::to_string(L) + " arrays (K, T, B, H_l)");
+    }
+    auto seq = py::reinterpret_borrow<py::sequence>(drop_hidden_);
+    for (Index l = 0; l < L; ++l) {
+      if (seq[l].is_none()) continue;
+      auto d = args.array<T>(seq[l], "drop_hidden[" + std::to_string(l) + "]", {K, Tn, B, m.H[l]},
+                             "(K, T, B, H_l)");
+      keep.push_back(d);
+      ch.drop_hidden[l] = cptr<T>(d);
+    }
+  }
+  ch.log_support = nullptr;
+  if (cfg.logq > 0 && !cfg.full_softmax) {
+    if (log_support_.is_none()) args.value_error("log_support (N,) is required when logq > 0");
+    auto a = args.array<T>(log_support_, "log_support", {N}, "(N,)");
+    keep.push_back(a);
+    ch.log_support = cptr<T>(a);
+  }
+  // carried state
+  if (hidden.size() != static_cast<size_t>(L)) {
+    args.value_error("hidden must be a list of " + std::to_string(L) + " arrays (B, H_l)");
+  }
+  std::vector<T*> h(L), c(L, nullptr);
+  for (Index l = 0; l < L; ++l) {
+    auto a = args.array<T>(hidden[l], "hidden[" + std::to_string(l) + "]", {B, m.H[l]}, "(B, H_l)");
+    keep.push_back(a);
+    h[l] = writable<T>(args, a, "hidden");
+  }
+  if constexpr (KC == Cell::LSTM) {
+    if (cell_state.is_none() || !py::isinstance<py::sequence>(cell_state) ||
+        py::len(cell_state) != static_cast<size_t>(L)) {
+      args.value_error("cell_state must be a list of " + std::to_string(L) + " arrays (B, H_l) for lstm");
+    }
+    auto seq = py::reinterpret_borrow<py::sequence>(cell_state);
+    for (Index l = 0; l < L; ++l) {
+      auto a = args.array<T>(seq[l], "cell_state[" + std::to_string(l) + "]", {B, m.H[l]}, "(B, H_l)");
+      keep.push_back(a);
+      c[l] = writable<T>(args, a, "cell_state");
+    }
+  } else if (!cell_state.is_none()) {
+    args.value_error("cell_state must be None for a cell without memory cell");
+  }
+  py::array_t<double> losses(K);
+  py::array_t<long long> counts(K);
+  std::fill(losses.mutable_data(), losses.mutable_data() + K, 0.0);
+  std::fill(counts.mutable_data(), counts.mutable_data() + K, 0LL);
+  seqrec::ChunkResult r;
+  {
+    py::gil_scoped_release release;
+    r = seqrec::train_chunk<KC, T>(m, cfg, ch, h, c, losses.mutable_data(), counts.mutable_data(), nt);
+  }
+  return py::make_tuple(losses, counts, r.windows_done, r.non_finite, r.updates);
+}
+
+py::tuple train_chunk(const std::string& cell, const std::string& embedding, py::sequence params,
+                      py::sequence state1, py::sequence state2, py::sequence hidden,
+                      py::object cell_state, py::object x, py::object y, py::object reset,
+                      py::object neg, py::object drop_embed, py::object drop_hidden,
+                      py::object log_support, py::dict config, int num_threads) {
+  Args a{"train_chunk"};
+  const Cell k = parse_cell(a, cell);
+  const int nt = a.threads(num_threads);
+  const auto cfg = parse_config(a, config);
+  if (params.size() == 0) a.value_error("params is empty");
+  py::handle w = params[params.size() - 1];
+  const DType dt = dtype_of(a, w, "params[-1]");
+#define SEQREC_TRAIN(KC, T) \
+  return train_chunk_impl<KC, T>(a, embedding, params, state1, state2, hidden, cell_state, x, y, reset, \
+                                 neg, drop_embed, drop_hidden, log_support, cfg, nt)
+  if (dt == DType::F32) {
+    switch (k) {
+      case Cell::RNN: SEQREC_TRAIN(Cell::RNN, float);
+      case Cell::GRU: SEQREC_TRAIN(Cell::GRU, float);
+      default: SEQREC_TRAIN(Cell::LSTM, float);
+    }
+  }
+  switch (k) {
+    case Cell::RNN: SEQREC_TRAIN(Cell::RNN, double);
+    case Cell::GRU: SEQREC_TRAIN(Cell::GRU, double);
+    default: SEQREC_TRAIN(Cell::LSTM, double);
+  }
+#undef SEQREC_TRAIN
+}
+
 // Whether the running CPU (and OS) supports an instruction-set feature; the Python loader uses it to
 // pick the fastest module variant that is safe to import.
 bool cpu_supports(const std::string& feature) {
@@ -680,6 +940,22 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
         "drop: None or a list of L (T, B, H_l) dropout multipliers on each layer's output (the\n"
         "dropped-out output is also the carried state).\n"
         "Returns (Y (T, B, H_L), h_last list, c_last list or None, cache list of per-layer dicts).");
+  m.def("train_chunk", &train_chunk, py::arg("cell"), py::arg("embedding"), py::arg("params"),
+        py::arg("state1"), py::arg("state2"), py::arg("hidden"), py::arg("cell_state"), py::arg("x"),
+        py::arg("y"), py::arg("reset"), py::arg("neg"), py::arg("drop_embed"), py::arg("drop_hidden"),
+        py::arg("log_support"), py::arg("config"), py::arg("num_threads") = 1,
+        "Trains on K windows of T steps (T = bptt) of B session-parallel slots, in place.\n\n"
+        "params: [W_x, W_h, b] per layer, then W_y (N, H_L), b_y (N,), and E_in (N, E) in\n"
+        "'separate' mode; state1/state2: optimizer state of the same shapes (Adagrad: accumulator,\n"
+        "momentum; Adam: m, v; state2 entries may be None for Adagrad without momentum).\n"
+        "hidden: list of L (B, H_l) carried states (updated); cell_state: same for lstm, else None.\n"
+        "x, y: (K, T, B) int32 input and target items, -1 for an idle slot; reset: (K, T, B) uint8;\n"
+        "neg: (K, T, S) int32 sampled negatives or None; drop_embed: (K, T, B, I_0) or None;\n"
+        "drop_hidden: list of L (K, T, B, H_l) (or None entries) or None; log_support: (N,) log item\n"
+        "support (needed when logq > 0). config: loss, bpreg, elu_param, logq, sample_alpha,\n"
+        "full_softmax, batch_size, optimizer, learning_rate, momentum, beta1, beta2, eps, step.\n"
+        "Returns (losses (K,), counts (K,), windows_done, non_finite, updates). A window whose loss\n"
+        "is NaN/inf is not applied, and the call returns there with non_finite = True.");
   m.def("sequence_backward", &sequence_backward, py::arg("cell"), py::arg("dY"), py::arg("dh_last"),
         py::arg("dc_last"), py::arg("X"), py::arg("reset"), py::arg("weights"), py::arg("cache"),
         py::arg("drop") = py::none(), py::arg("num_threads") = 1,
