@@ -299,3 +299,273 @@ def sequence_backward(
         dh0[l], dc0[l], grads[l] = carry, carry_c, (dW_x, dW_h, db)
         dOut = dIn
     return dOut, dh0, (dc0 if cell == "lstm" else None), grads
+
+
+# --------------------------------------------------------------------------------------------
+# Losses on a score matrix (twins of losses.h). Each returns (loss per row (n,), dloss/dR (n, C)),
+# before the division by the batch size. R (n, C) scores; pos (n,) column of each row's positive.
+
+LOSS_EPS = 1e-24
+
+
+def _softmax_neg(o, pos):
+    n, C = o.shape
+    neg = np.ones_like(o, dtype=bool)
+    neg[np.arange(n), pos] = False
+    m = np.where(neg, o, -np.inf).max(axis=1, keepdims=True)
+    e = np.where(neg, np.exp(np.where(neg, o - m, 0.0)), 0.0)
+    return e / e.sum(axis=1, keepdims=True), neg
+
+
+def xe_loss(R, pos):
+    """Cross-entropy ``-log(softmax(R)_pos + ε)`` per row, and its exact gradient."""
+    n = R.shape[0]
+    rows = np.arange(n)
+    e = np.exp(R - R.max(axis=1, keepdims=True))
+    s = e / e.sum(axis=1, keepdims=True)
+    sp = s[rows, pos]
+    k = sp / (sp + LOSS_EPS)
+    g = s * k[:, None]
+    g[rows, pos] -= k
+    return -np.log(sp + LOSS_EPS), g
+
+
+def bpr_max_loss(R, pos, elu_param=0.0, bpreg=1.0):
+    """BPR-max: ``-log(Σ_j s_j σ(o_p − o_j) + ε) + bpreg·Σ_j s_j o_j²`` with s the softmax of o over
+    the negatives and o = elu(R, elu_param) when elu_param > 0."""
+    n = R.shape[0]
+    rows = np.arange(n)
+    if elu_param > 0:
+        o = np.where(R > 0, R, elu_param * np.expm1(np.minimum(R, 0)))
+    else:
+        o = R
+    s, neg = _softmax_neg(o, pos)
+    op = o[rows, pos][:, None]
+    sg = np.where(neg, sigmoid(op - o), 0.0)
+    A = (s * sg).sum(axis=1)
+    Q = (s * o * o).sum(axis=1)
+    kA = -1.0 / (A + LOSS_EPS)
+    dA = s * (sg - A[:, None] - sg * (1.0 - sg))
+    dQ = s * (o * o - Q[:, None]) + 2.0 * s * o
+    g = np.where(neg, kA[:, None] * dA + bpreg * dQ, 0.0)
+    g[rows, pos] = kA * (s * sg * (1.0 - sg)).sum(axis=1)
+    if elu_param > 0:
+        g = np.where(R > 0, g, g * (o + elu_param))
+    return -np.log(A + LOSS_EPS) + bpreg * Q, g
+
+
+def top1_max_loss(R, pos):
+    """TOP1-max: ``Σ_j s_j (σ(r_j − r_p) + σ(r_j²))`` with s the softmax over the negatives."""
+    n = R.shape[0]
+    rows = np.arange(n)
+    s, neg = _softmax_neg(R, pos)
+    rp = R[rows, pos][:, None]
+    a = sigmoid(R - rp)
+    b = sigmoid(R * R)
+    v = a + b
+    V = np.where(neg, s * v, 0.0).sum(axis=1)
+    g = np.where(neg, s * (v - V[:, None]) + s * (a * (1 - a) + b * (1 - b) * 2.0 * R), 0.0)
+    g[rows, pos] = -np.where(neg, s * a * (1 - a), 0.0).sum(axis=1)
+    return V, g
+
+
+LOSSES = {"cross-entropy": xe_loss, "bpr-max": bpr_max_loss, "top1-max": top1_max_loss}
+
+
+def loss_and_grad(config, R, pos):
+    name = config.get("loss", "cross-entropy")
+    if name == "bpr-max":
+        return bpr_max_loss(R, pos, config.get("elu_param", 0.0), config.get("bpreg", 1.0))
+    return LOSSES[name](R, pos)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizers (twins of optim.h). s1: Adagrad accumulator / Adam m; s2: momentum / Adam v (or None).
+
+
+def _opt_consts(config):
+    kind = config.get("optimizer", "adagrad")
+    eps = config.get("eps", 1e-8 if kind == "adam" else 1e-6)
+    return kind, config.get("learning_rate", 0.05), config.get("momentum", 0.0), eps
+
+
+def opt_update(config, step, p, g, s1, s2):
+    """Updates p, s1, s2 in place from gradient g (same shape); `step` is the 1-based update count."""
+    kind, lr, mu, eps = _opt_consts(config)
+    dt = p.dtype.type
+    if kind == "adagrad":
+        s1 += g * g
+        st = g / np.sqrt(s1 + dt(eps))
+        if s2 is not None and mu > 0:
+            s2 *= dt(mu)
+            s2 -= dt(lr) * st
+            p += s2
+        else:
+            p -= dt(lr) * st
+    else:
+        b1, b2 = config.get("beta1", 0.9), config.get("beta2", 0.999)
+        bc1, bc2 = dt(1.0 - b1**step), dt(1.0 - b2**step)
+        s1 *= dt(b1)
+        s1 += dt(1.0 - b1) * g
+        s2 *= dt(b2)
+        s2 += dt(1.0 - b2) * g * g
+        p -= dt(lr) * (s1 / bc1) / (np.sqrt(s2 / bc2) + dt(eps))
+
+
+def opt_update_rows(config, step, rows, G, p, s1, s2):
+    """Lazy update of the distinct `rows` of a table from their summed gradients G (len(rows), W)."""
+    sub2 = s2[rows] if s2 is not None else None
+    sub_p, sub1 = p[rows], s1[rows]
+    opt_update(config, step, sub_p, G.reshape(sub_p.shape), sub1, sub2)
+    p[rows], s1[rows] = sub_p, sub1
+    if s2 is not None:
+        s2[rows] = sub2
+
+
+class _RowGrads:
+    """Sums gradient rows of one table by row index (the reference's RowAccum)."""
+
+    def __init__(self):
+        self.idx, self.vals = [], []
+
+    def add(self, rows, vals):
+        keep = rows >= 0
+        self.idx.append(rows[keep])
+        self.vals.append(vals[keep])
+
+    def summed(self, width, dtype):
+        if not self.idx:
+            return np.zeros(0, np.int64), np.zeros((0, width), dtype)
+        idx = np.concatenate(self.idx)
+        uniq, inv = np.unique(idx, return_inverse=True)
+        G = np.zeros((len(uniq), width), dtype)
+        np.add.at(G, inv, np.concatenate(self.vals).reshape(len(idx), width))
+        return uniq, G
+
+
+# --------------------------------------------------------------------------------------------
+# Training on a chunk of windows (twin of train.h)
+
+
+def train_chunk(
+    cell, embedding, params, state1, state2, hidden, cell_state, x, y, reset, neg, drop_embed,
+    drop_hidden, log_support, config, num_threads: int = 1,
+):
+    """Trains on K windows of T steps of B session-parallel slots, updating everything in place.
+
+    See ``seqrec_fast._core.train_chunk`` for the arguments. For each window: the input embedding
+    (``W_y[x]`` constrained, ``E_in[x]`` separate, one-hot rows of ``W_x`` of layer 0), the
+    recurrent forward with dropout, per step the scores of the active rows against their in-batch
+    targets plus the step's sampled negatives (or all items with ``full_softmax``), minus
+    ``logq·log Q``, the loss divided by ``batch_size``, truncated BPTT through the window, and one
+    optimizer update: dense for the recurrent weights, lazy over the touched rows of item tables.
+
+    Returns ``(losses (K,), counts (K,), windows_done, non_finite, updates)``.
+    """
+    L = (len(params) - 2 - (embedding == "separate")) // 3
+    K, T, B = x.shape
+    W = [tuple(params[3 * l : 3 * l + 3]) for l in range(L)]
+    W_y, b_y = params[3 * L], params[3 * L + 1]
+    E_in = params[3 * L + 2] if embedding == "separate" else None
+    N, HL = W_y.shape
+    dt = W_y.dtype.type
+    full = bool(config.get("full_softmax", False))
+    logq = config.get("logq", 0.0)
+    alpha = config.get("sample_alpha", 0.5)
+    inv_batch = 1.0 / config.get("batch_size", 32)
+    step0 = int(config.get("step", 1))
+    S = 0 if neg is None else neg.shape[2]
+    losses, counts = np.zeros(K), np.zeros(K, np.int64)
+    updates = 0
+    for k in range(K):
+        xk, yk, rk = x[k], y[k], reset[k]
+        valid = xk >= 0
+        if embedding == "onehot":
+            X0 = np.zeros((T, B, N), W_y.dtype)
+            tt, bb = np.nonzero(valid)
+            X0[tt, bb, xk[valid]] = 1
+        else:
+            table = W_y if embedding == "constrained" else E_in
+            X0 = np.zeros((T, B, table.shape[1]), W_y.dtype)
+            X0[valid] = table[xk[valid]]
+            if drop_embed is not None:
+                X0 *= drop_embed[k]
+        dh = None if drop_hidden is None else [d[k] if d is not None else None for d in drop_hidden]
+        c0 = list(cell_state) if cell == "lstm" else None
+        Y, h_last, c_last, cache = sequence_forward(cell, X0, list(hidden), c0, rk, W, dh)
+        dY = np.zeros_like(Y)
+        gy, gb = _RowGrads(), _RowGrads()
+        gWy_full = np.zeros_like(W_y) if full else None
+        gby_full = np.zeros_like(b_y) if full else None
+        wloss, wcount = 0.0, 0
+        for t in range(T):
+            act = np.nonzero(yk[t] >= 0)[0]
+            n = len(act)
+            if n == 0 or (not full and n + S < 2):
+                continue
+            Ya = Y[t, act]
+            if full:
+                O, bias, pos = W_y, b_y, yk[t, act]
+            else:
+                cols = np.concatenate([yk[t, act], neg[k, t]]) if S else yk[t, act]
+                O, bias, pos = W_y[cols], b_y[cols], np.arange(n)
+            R = Ya @ O.T + bias
+            if logq > 0 and not full:
+                ls = log_support[cols]
+                R = R - dt(logq) * np.concatenate([ls[:n], dt(alpha) * ls[n:]])
+            lrows, g = loss_and_grad(config, R, pos)
+            dR = (g * dt(inv_batch)).astype(W_y.dtype)
+            wloss += float(np.sum(lrows.astype(np.float64))) * inv_batch
+            wcount += n
+            dY[t, act] = dR @ O
+            if full:
+                gWy_full += dR.T @ Ya
+                gby_full += dR.sum(axis=0)
+            else:
+                gy.add(cols, dR.T @ Ya)
+                gb.add(cols, dR.sum(axis=0)[:, None])
+        losses[k], counts[k] = wloss, wcount
+        if not np.isfinite(wloss):
+            return losses, counts, k, True, updates
+        dX0, _, _, grads = sequence_backward(cell, dY, None, None, X0, rk, W, cache, dh)
+        # input-embedding gradients
+        if embedding != "onehot":
+            gin = dX0[valid]
+            if drop_embed is not None:
+                gin = gin * drop_embed[k][valid]
+            if embedding == "constrained":
+                if full:
+                    np.add.at(gWy_full, xk[valid], gin)
+                else:
+                    gy.add(xk[valid], gin)
+        step = step0 + updates
+        for l in range(L):
+            for j in range(3):
+                if embedding == "onehot" and l == 0 and j == 0:
+                    rows = np.unique(xk[valid])
+                    opt_update_rows(config, step, rows, grads[0][0][rows], params[0], state1[0],
+                                    state2[0])
+                    continue
+                i = 3 * l + j
+                opt_update(config, step, params[i], grads[l][j], state1[i], state2[i])
+        iy, ib = 3 * L, 3 * L + 1
+        if full:
+            opt_update(config, step, W_y, gWy_full, state1[iy], state2[iy])
+            opt_update(config, step, b_y, gby_full, state1[ib], state2[ib])
+        else:
+            rows, G = gy.summed(HL, W_y.dtype)
+            opt_update_rows(config, step, rows, G, W_y, state1[iy], state2[iy])
+            rows, G = gb.summed(1, W_y.dtype)
+            opt_update_rows(config, step, rows, G[:, 0], b_y, state1[ib], state2[ib])
+        if embedding == "separate":
+            e = _RowGrads()
+            e.add(xk[valid], gin)
+            rows, G = e.summed(E_in.shape[1], E_in.dtype)
+            ie = 3 * L + 2
+            opt_update_rows(config, step, rows, G, E_in, state1[ie], state2[ie])
+        updates += 1
+        for l in range(L):
+            hidden[l][...] = h_last[l]
+            if cell == "lstm":
+                cell_state[l][...] = c_last[l]
+    return losses, counts, K, False, updates
