@@ -1,0 +1,603 @@
+"""SessionRNN: the GRU4Rec-family estimator (DESIGN.md §3).
+
+The estimator follows the scikit-learn contract: ``__init__`` only stores its arguments, ``fit``
+returns ``self``, fitted state ends in ``_``, and ``get_params`` / ``set_params`` work. Parameters,
+optimizer state and hidden states are NumPy arrays owned here; the C++ core only computes on them.
+
+Differences from the official GRU4Rec that are deliberate (each documented where it matters):
+
+- the GRU is the GRU4Rec (Theano) form with the reset gate applied before the hidden product, as
+  DESIGN.md §3.1 specifies; the official PyTorch port uses ``torch.nn.GRUCell`` (reset gate after
+  the product);
+- ``logq`` applies to every loss (the official code applies it to cross-entropy only), and uses the
+  raw support counts as Q, as the official code does;
+- in ``onehot`` input mode there is no embedding, so ``dropout_embed`` must be 0 (the official code
+  applies it to the first layer's output in that mode); every layer's output uses ``dropout_hidden``;
+- at the tail of an epoch idle slots stay in the batch as masked rows instead of being compacted
+  away; they contribute no loss, gradient or negatives, so the updates are the same;
+- ``bptt > 1`` (not in the official code) makes one update per window of ``bptt`` steps, with the
+  window's step losses summed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from . import _core
+from .data import SessionData
+from .sampling import AliasSampler
+from .train import Schedule, Throughput, session_parallel_schedule
+
+__all__ = ["NonFiniteLossError", "SessionRNN"]
+
+CELLS = ("rnn", "gru", "lstm")
+EMBEDDINGS = ("constrained", "separate", "onehot")
+LOSSES = ("cross-entropy", "bpr-max", "top1-max")
+OPTIMIZERS = ("adagrad", "adam")
+_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the offending update was not applied."""
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class SessionRNN:
+    """Session-based recommender with a recurrent network (GRU4Rec and its RNN / LSTM variants).
+
+    Parameters
+    ----------
+    cell : {'gru', 'lstm', 'rnn'}
+    layers : sequence of int
+        Hidden sizes of the stacked recurrent layers.
+    embedding : {'constrained', 'separate', 'onehot'}
+        Input representation: the output table ``W_y`` (constrained, input width = last hidden
+        size), an own table of width ``embedding_dim`` (separate), or a row of the first layer's
+        input weights (onehot).
+    embedding_dim : int, optional
+        Width of the separate input table (default: ``layers[0]``).
+    loss : {'cross-entropy', 'bpr-max', 'top1-max'}
+    elu_param : float
+        BPR-max applies ``elu(·, elu_param)`` to the scores first when > 0.
+    bpreg : float
+        BPR-max score regularisation.
+    logq : float
+        Strength of the logQ (sampling popularity) correction; 0 turns it off.
+    n_sample : int
+        Extra negatives sampled per step and shared by the batch (0: in-batch negatives only).
+    sample_alpha : float
+        Negatives are drawn with probability ∝ support^sample_alpha.
+    full_softmax : bool
+        Score every item instead of the sampled ones (exact, slower for large catalogues).
+    batch_size : int
+        Session-parallel slots; also the divisor of every step's summed loss.
+    dropout_embed, dropout_hidden : float
+        Drop probabilities on the input embedding and on each layer's output (training only).
+    bptt : int
+        Truncated BPTT window; 1 is GRU4Rec's one-step training.
+    optimizer : {'adagrad', 'adam'}
+        'adagrad' is GRU4Rec's Adagrad with momentum.
+    learning_rate, momentum : float
+    n_epochs : int
+    seed : int or None
+        Seeds initialisation, negatives and dropout; training is deterministic for a given seed and
+        thread count.
+    num_threads : int or None
+        Threads of the C++ kernels (default: the cores this process may use).
+    dtype : {'float32', 'float64'}
+    progress : bool
+        Show a progress bar (tqdm) while training.
+    verbose : bool
+        Print one line per epoch.
+    early_stopping : int or None
+        With validation data: stop after this many epochs without a better validation MRR@20, and
+        keep the best epoch's weights. None trains all epochs.
+    callbacks : sequence of callables, optional
+        Each is called as ``cb(model, epoch, logs)`` after every epoch; returning True stops.
+    chunk_steps : int
+        Steps handed to C++ per call (one Python call per chunk, not per step).
+    """
+
+    def __init__(
+        self,
+        cell: str = "gru",
+        layers: Sequence[int] = (100,),
+        embedding: str = "constrained",
+        embedding_dim: Optional[int] = None,
+        loss: str = "cross-entropy",
+        elu_param: float = 0.5,
+        bpreg: float = 1.0,
+        logq: float = 0.0,
+        n_sample: int = 2048,
+        sample_alpha: float = 0.5,
+        full_softmax: bool = False,
+        batch_size: int = 64,
+        dropout_embed: float = 0.0,
+        dropout_hidden: float = 0.0,
+        bptt: int = 1,
+        optimizer: str = "adagrad",
+        learning_rate: float = 0.05,
+        momentum: float = 0.0,
+        n_epochs: int = 10,
+        seed: Optional[int] = 0,
+        num_threads: Optional[int] = None,
+        dtype: str = "float32",
+        progress: bool = True,
+        verbose: bool = True,
+        early_stopping: Optional[int] = None,
+        callbacks: Optional[Sequence[Callable]] = None,
+        chunk_steps: int = 256,
+    ):
+        self.cell = cell
+        self.layers = layers
+        self.embedding = embedding
+        self.embedding_dim = embedding_dim
+        self.loss = loss
+        self.elu_param = elu_param
+        self.bpreg = bpreg
+        self.logq = logq
+        self.n_sample = n_sample
+        self.sample_alpha = sample_alpha
+        self.full_softmax = full_softmax
+        self.batch_size = batch_size
+        self.dropout_embed = dropout_embed
+        self.dropout_hidden = dropout_hidden
+        self.bptt = bptt
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.n_epochs = n_epochs
+        self.seed = seed
+        self.num_threads = num_threads
+        self.dtype = dtype
+        self.progress = progress
+        self.verbose = verbose
+        self.early_stopping = early_stopping
+        self.callbacks = callbacks
+        self.chunk_steps = chunk_steps
+
+    # -- scikit-learn contract ---------------------------------------------------------------
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    def set_params(self, **params) -> "SessionRNN":
+        names = set(self._param_names())
+        for k, v in params.items():
+            if k not in names:
+                raise ValueError(f"unknown parameter {k!r}; valid parameters: {sorted(names)}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {k: p.default for k, p in inspect.signature(type(self).__init__).parameters.items()}
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v]
+        return f"SessionRNN({', '.join(changed)})"
+
+    # -- validation ----------------------------------------------------------------------------
+    def _validated(self) -> dict:
+        p = self.get_params()
+
+        def choice(name, options):
+            if p[name] not in options:
+                raise ValueError(f"{name} must be one of {options}; got {p[name]!r}")
+
+        choice("cell", CELLS)
+        choice("embedding", EMBEDDINGS)
+        choice("loss", LOSSES)
+        choice("optimizer", OPTIMIZERS)
+        choice("dtype", ("float32", "float64"))
+        layers = p["layers"]
+        if isinstance(layers, (int, np.integer)):
+            layers = [int(layers)]
+        try:
+            layers = [int(h) for h in layers]
+        except (TypeError, ValueError):
+            raise TypeError(f"layers must be a list of positive ints; got {p['layers']!r}") from None
+        if not layers or any(h < 1 for h in layers):
+            raise ValueError(f"layers must be a non-empty list of positive ints; got {p['layers']!r}")
+        p["layers"] = layers
+        for name in ("batch_size", "bptt", "n_epochs", "chunk_steps"):
+            if not isinstance(p[name], (int, np.integer)) or p[name] < 1:
+                raise ValueError(f"{name} must be an int >= 1; got {p[name]!r}")
+        if not isinstance(p["n_sample"], (int, np.integer)) or p["n_sample"] < 0:
+            raise ValueError(f"n_sample must be an int >= 0; got {p['n_sample']!r}")
+        for name in ("dropout_embed", "dropout_hidden"):
+            if not 0.0 <= float(p[name]) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1); got {p[name]!r}")
+        if p["embedding"] == "onehot" and p["dropout_embed"] > 0:
+            raise ValueError("dropout_embed must be 0 with embedding='onehot' (there is no embedding)")
+        if not float(p["learning_rate"]) > 0:
+            raise ValueError(f"learning_rate must be > 0; got {p['learning_rate']!r}")
+        for name in ("momentum", "logq", "bpreg", "elu_param", "sample_alpha"):
+            if not math.isfinite(float(p[name])) or float(p[name]) < 0:
+                raise ValueError(f"{name} must be a finite number >= 0; got {p[name]!r}")
+        if p["embedding"] == "separate":
+            ed = p["embedding_dim"] if p["embedding_dim"] is not None else layers[0]
+            if not isinstance(ed, (int, np.integer)) or ed < 1:
+                raise ValueError(f"embedding_dim must be an int >= 1; got {ed!r}")
+            p["embedding_dim"] = int(ed)
+        nt = p["num_threads"] if p["num_threads"] is not None else _default_threads()
+        if not isinstance(nt, (int, np.integer)) or nt < 1:
+            raise ValueError(f"num_threads must be an int >= 1; got {nt!r}")
+        p["num_threads"] = int(nt)
+        if p["early_stopping"] is not None and (
+            not isinstance(p["early_stopping"], (int, np.integer)) or p["early_stopping"] < 1
+        ):
+            raise ValueError(f"early_stopping must be None or an int >= 1; got {p['early_stopping']!r}")
+        return p
+
+    # -- parameters ----------------------------------------------------------------------------
+    def _init_params(self, p: dict, n_items: int, rng: np.random.Generator) -> None:
+        dt = np.dtype(p["dtype"])
+        G = _GATES[p["cell"]]
+        layers = p["layers"]
+        HL = layers[-1]
+        I0 = {"constrained": HL, "separate": p["embedding_dim"], "onehot": n_items}[p["embedding"]]
+
+        def glorot(rows, cols_per_gate, gates=1):
+            # Glorot-uniform per gate block: ±sqrt(6 / (fan_in + fan_out)) with fan_out the block width
+            s = math.sqrt(6.0 / (rows + cols_per_gate))
+            return rng.uniform(-s, s, size=(rows, gates * cols_per_gate)).astype(dt)
+
+        params, names = [], []
+        inp = I0
+        for l, h in enumerate(layers):
+            b = np.zeros(G * h, dt)
+            if p["cell"] == "lstm":
+                b[h : 2 * h] = 1.0  # forget-gate bias starts at 1
+            params += [glorot(inp, h, G), glorot(h, h, G), b]
+            names += [f"layer{l}.W_x", f"layer{l}.W_h", f"layer{l}.b"]
+            inp = h
+        params += [glorot(n_items, HL), np.zeros(n_items, dt)]
+        names += ["W_y", "b_y"]
+        if p["embedding"] == "separate":
+            params.append(glorot(n_items, p["embedding_dim"]))
+            names.append("E_in")
+        self.params_ = params
+        self.param_names_ = names
+        self.state1_ = [np.zeros_like(a) for a in params]
+        need2 = p["optimizer"] == "adam" or p["momentum"] > 0
+        self.state2_ = [np.zeros_like(a) if need2 else None for a in params]
+
+    @property
+    def n_items(self) -> int:
+        self._check_fitted()
+        return int(self.W_y_.shape[0])
+
+    @property
+    def W_y_(self) -> np.ndarray:
+        return self.params_[self.param_names_.index("W_y")]
+
+    @property
+    def b_y_(self) -> np.ndarray:
+        return self.params_[self.param_names_.index("b_y")]
+
+    def _weights(self) -> list[tuple]:
+        L = len(self.layers_)
+        return [tuple(self.params_[3 * l : 3 * l + 3]) for l in range(L)]
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "params_"):
+            raise ValueError("this SessionRNN is not fitted yet; call fit() or SessionRNN.load()")
+
+    # -- training ------------------------------------------------------------------------------
+    def fit(self, train: SessionData, valid: Optional[SessionData] = None) -> "SessionRNN":
+        """Train on ``train`` (a :class:`~seqrec_fast.data.SessionData`); returns ``self``.
+
+        With ``valid`` (sessions over the same item map, e.g. ``load(path, item_map=train)``),
+        Recall@20 and MRR@20 are computed after every epoch, and ``early_stopping`` can use them.
+        """
+        if not isinstance(train, SessionData):
+            raise TypeError(f"train must be a SessionData (see seqrec_fast.data.load); got {type(train).__name__}")
+        if valid is not None and not isinstance(valid, SessionData):
+            raise TypeError(f"valid must be a SessionData or None; got {type(valid).__name__}")
+        p = self._validated()
+        if train.n_items < 2:
+            raise ValueError(f"train has {train.n_items} items; need at least 2")
+        if np.any(train.items < 0):
+            raise ValueError("train contains events with unknown items (-1); drop them first")
+        rng = np.random.default_rng(p["seed"])
+        N = train.n_items
+        self.layers_ = p["layers"]
+        self.item_ids_ = np.asarray(train.item_ids)
+        self._item_map = None
+        self._init_params(p, N, rng)
+        support = train.item_support().astype(np.float64)
+        schedule = session_parallel_schedule(train.items, train.offsets, p["batch_size"])
+        if valid is not None and valid.n_items != N:
+            raise ValueError(
+                f"valid has an item map of {valid.n_items} items but train has {N}; load it with "
+                "item_map=train"
+            )
+        sampler = None
+        if p["n_sample"] > 0 and not p["full_softmax"]:
+            # support 0 cannot happen for training items; guard the power anyway
+            sampler = AliasSampler(np.maximum(support, 1e-12) ** p["sample_alpha"])
+        log_support = np.log(np.maximum(support, 1.0)).astype(p["dtype"])
+        self.history_ = []
+        self.n_updates_ = 0
+        best = None
+        patience = 0
+        for epoch in range(1, p["n_epochs"] + 1):
+            logs = self._run_epoch(p, epoch, schedule, sampler, log_support, rng)
+            if valid is not None:
+                from .evaluate import evaluate
+
+                res = evaluate(self, valid, cutoffs=(20,), batch_size=512)
+                logs["valid_recall@20"] = float(res["recall@20"])
+                logs["valid_mrr@20"] = float(res["mrr@20"])
+            self.history_.append(logs)
+            if p["verbose"]:
+                line = (f"epoch {epoch}/{p['n_epochs']}  loss {logs['loss']:.4f}  "
+                        f"{logs['seconds']:.1f}s  {logs['events_per_s']:,.0f} events/s")
+                if valid is not None:
+                    line += f"  valid Recall@20 {logs['valid_recall@20']:.4f} MRR@20 {logs['valid_mrr@20']:.4f}"
+                print(line, flush=True)
+            stop = False
+            if valid is not None and p["early_stopping"] is not None:
+                score = logs["valid_mrr@20"]
+                if best is None or score > best[0]:
+                    best = (score, epoch, [a.copy() for a in self.params_])
+                    patience = 0
+                else:
+                    patience += 1
+                    stop = patience >= p["early_stopping"]
+            for cb in p["callbacks"] or ():
+                if cb(self, epoch, logs):
+                    stop = True
+            if stop:
+                break
+        if best is not None:
+            self.params_ = best[2]
+            self.best_epoch_ = best[1]
+        self.train_stats_ = {
+            "n_events": int(schedule.n_events),
+            "n_sessions": int(train.n_sessions),
+            "n_items": int(N),
+            "epochs": len(self.history_),
+            "history": self.history_,
+        }
+        return self
+
+    def _run_epoch(self, p: dict, epoch: int, schedule: Schedule, sampler, log_support, rng) -> dict:
+        dt = np.dtype(p["dtype"])
+        T = p["bptt"]
+        B = p["batch_size"]
+        xs, ys, rs = schedule.windows(T)
+        n_win = xs.shape[0]
+        K = max(1, p["chunk_steps"] // T)
+        hidden = [np.zeros((B, h), dt) for h in self.layers_]
+        cstate = [np.zeros((B, h), dt) for h in self.layers_] if p["cell"] == "lstm" else None
+        I0 = self.params_[0].shape[0] if p["embedding"] != "onehot" else None
+        config = {
+            "loss": p["loss"], "bpreg": p["bpreg"], "elu_param": p["elu_param"],
+            "logq": p["logq"], "sample_alpha": p["sample_alpha"],
+            "full_softmax": p["full_softmax"], "batch_size": B, "optimizer": p["optimizer"],
+            "learning_rate": p["learning_rate"], "momentum": p["momentum"],
+        }
+        S = p["n_sample"] if sampler is not None else 0
+        meter = Throughput()
+        loss_sum = 0.0
+        bar = None
+        if p["progress"]:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=schedule.n_events, unit="ev", desc=f"epoch {epoch}", leave=False,
+                       mininterval=0.5)
+        try:
+            for k0 in range(0, n_win, K):
+                k1 = min(n_win, k0 + K)
+                kk = k1 - k0
+                neg = sampler.draw(rng, (kk, T, S)) if S else None
+                de = dh = None
+                if p["dropout_embed"] > 0:
+                    keep = 1.0 - p["dropout_embed"]
+                    de = (rng.random((kk, T, B, I0), dtype=np.float32) < keep).astype(dt)
+                    de *= dt.type(1.0 / keep)
+                if p["dropout_hidden"] > 0:
+                    keep = 1.0 - p["dropout_hidden"]
+                    dh = []
+                    for h in self.layers_:
+                        m = (rng.random((kk, T, B, h), dtype=np.float32) < keep).astype(dt)
+                        m *= dt.type(1.0 / keep)
+                        dh.append(m)
+                config["step"] = self.n_updates_ + 1
+                losses, counts, done, non_finite, updates = _core.train_chunk(
+                    p["cell"], p["embedding"], self.params_, self.state1_, self.state2_, hidden,
+                    cstate, xs[k0:k1], ys[k0:k1], rs[k0:k1], neg, de, dh, log_support, config,
+                    p["num_threads"],
+                )
+                self.n_updates_ += int(updates)
+                if non_finite:
+                    raise NonFiniteLossError(
+                        f"the training loss became {losses[done]} in epoch {epoch} at step "
+                        f"{(k0 + done) * T + 1} of {n_win * T}; the update was not applied. "
+                        "Lower learning_rate or check the data."
+                    )
+                loss_sum += float(np.dot(losses, np.ones_like(losses))) * B
+                meter.add(int(counts.sum()))
+                if bar is not None:
+                    bar.update(int(counts.sum()))
+                    bar.set_postfix(loss=f"{loss_sum / max(meter.events, 1):.4f}",
+                                    ev_s=f"{meter.rate:,.0f}", refresh=False)
+        finally:
+            if bar is not None:
+                bar.close()
+        return {
+            "epoch": epoch,
+            # mean loss per predicted event (equals GRU4Rec's epoch loss when batches are full)
+            "loss": loss_sum / max(meter.events, 1),
+            "seconds": meter.seconds,
+            "events": meter.events,
+            "events_per_s": meter.rate,
+        }
+
+    # -- scoring: the NextItemScorer protocol of evaluate.py ------------------------------------
+    def start(self, n_slots: int) -> None:
+        """Allocate zero hidden states for ``n_slots`` concurrent sessions."""
+        self._check_fitted()
+        dt = self.params_[0].dtype
+        self._h = [np.zeros((n_slots, h), dt) for h in self.layers_]
+        self._c = [np.zeros((n_slots, h), dt) for h in self.layers_] if self.cell == "lstm" else None
+
+    def reset(self, slots: np.ndarray) -> None:
+        """Start an empty session in each of ``slots``."""
+        for h in self._h:
+            h[slots] = 0
+        if self._c is not None:
+            for c in self._c:
+                c[slots] = 0
+
+    def _step(self, h: list, c, items: np.ndarray):
+        """Advance states (lists of (n, H_l)) by one item per row; returns (h, c, top output)."""
+        n = len(items)
+        emb = self.embedding
+        W = self._weights()
+        nt = self._threads()
+        if emb == "onehot":
+            # a one-hot input times W_x is a row of W_x: use that row as the layer-0 input product
+            W_x0, W_h0, b0 = W[0]
+            X = np.ascontiguousarray(W_x0[items])
+            eye_w = (np.eye(W_x0.shape[1], dtype=X.dtype), W_h0, b0)
+            W = [eye_w] + W[1:]
+        else:
+            table = self.W_y_ if emb == "constrained" else self.params_[self.param_names_.index("E_in")]
+            X = np.ascontiguousarray(table[items])
+        Y, h_last, c_last, _ = _core.sequence_forward(
+            self.cell, X.reshape(1, n, -1), h, c, None, W, None, nt)
+        return h_last, c_last, Y[0]
+
+    def _threads(self) -> int:
+        return int(self.num_threads) if self.num_threads else 1
+
+    def score(self, slots: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Feed ``items[i]`` to slot ``slots[i]`` and return float32 scores (len(slots), n_items)."""
+        slots = np.asarray(slots)
+        items = np.asarray(items, dtype=np.int64)
+        h = [np.ascontiguousarray(a[slots]) for a in self._h]
+        c = [np.ascontiguousarray(a[slots]) for a in self._c] if self._c is not None else None
+        h, c, out = self._step(h, c, items)
+        for l in range(len(self._h)):
+            self._h[l][slots] = h[l]
+            if c is not None:
+                self._c[l][slots] = c[l]
+        scores = out @ self.W_y_.T
+        scores += self.b_y_
+        return scores.astype(np.float32, copy=False)
+
+    # -- convenience ----------------------------------------------------------------------------
+    def _to_index(self, items) -> np.ndarray:
+        if self._item_map is None:
+            self._item_map = SessionData(np.zeros(0, np.int32), np.zeros(1, np.int64), self.item_ids_)
+        return self._item_map.item_to_index(np.asarray(list(items), dtype=object))
+
+    def score_prefix(self, items: Sequence) -> np.ndarray:
+        """Scores (n_items,) of the next item after the session prefix ``items`` (external ids)."""
+        self._check_fitted()
+        idx = self._to_index(items)
+        if len(idx) == 0:
+            raise ValueError("items is empty; give at least one item of the session")
+        bad = [it for it, i in zip(items, idx) if i < 0]
+        if bad:
+            raise ValueError(f"unknown item id(s) {bad[:5]!r}: not in the training item map")
+        self.start(1)
+        for i in idx:
+            s = self.score(np.array([0]), np.array([i]))
+        return s[0]
+
+    def recommend(self, items: Sequence, k: int = 20, exclude_seen: bool = False):
+        """Top-``k`` next items after the session prefix ``items``.
+
+        Returns
+        -------
+        item_ids : ndarray (k,) of external ids, best first (ties: lower internal index first)
+        scores : float32 ndarray (k,)
+        """
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an int >= 1; got {k!r}")
+        s = self.score_prefix(items).copy()
+        if exclude_seen:
+            s[self._to_index(items)] = -np.inf
+        k = min(int(k), len(s))
+        order = np.argsort(-s, kind="stable")[:k]
+        return self.item_ids_[order], s[order]
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the fitted model to ``path`` (one .npz with a JSON header; atomic; no pickle)."""
+        from .io import save_model_file
+
+        self._check_fitted()
+        for name, a in zip(self.param_names_, self.params_):
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"refusing to save: parameter {name} holds NaN or inf")
+        arrays = dict(zip(self.param_names_, self.params_))
+        ids = np.asarray(self.item_ids_)
+        arrays["item_ids"] = ids.astype(str) if ids.dtype == object else ids
+        params = {k: v for k, v in self.get_params().items() if k != "callbacks"}
+        params["layers"] = list(self.layers_)
+        header = {
+            "model": "SessionRNN",
+            "params": json.loads(json.dumps(params, default=_jsonable)),
+            "param_names": self.param_names_,
+            "item_ids_kind": "str" if ids.dtype == object or ids.dtype.kind == "U" else "int",
+            "train_stats": json.loads(json.dumps(getattr(self, "train_stats_", {}), default=_jsonable)),
+        }
+        save_model_file(path, arrays, header)
+
+    @classmethod
+    def load(cls, path) -> "SessionRNN":
+        """Read a model written by :meth:`save`."""
+        from .io import load_model_file
+
+        arrays, header = load_model_file(path)
+        if header.get("model") != "SessionRNN":
+            raise ValueError(f"{path}: not a SessionRNN model file (model = {header.get('model')!r})")
+        params = dict(header.get("params", {}))
+        names = header.get("param_names")
+        if not isinstance(names, list) or any(n not in arrays for n in names) or "item_ids" not in arrays:
+            raise ValueError(f"{path}: model file is missing parameter arrays")
+        valid = set(cls._param_names())
+        model = cls(**{k: v for k, v in params.items() if k in valid})
+        p = model._validated()
+        model.layers_ = p["layers"]
+        model.params_ = [np.ascontiguousarray(arrays[n]) for n in names]
+        model.param_names_ = list(names)
+        ids = arrays["item_ids"]
+        model.item_ids_ = ids.astype(object) if header.get("item_ids_kind") == "str" else ids
+        model._item_map = None
+        model.train_stats_ = header.get("train_stats", {})
+        # optimizer state is not saved: a loaded model is for inference (refit to train further)
+        model.state1_ = [np.zeros_like(a) for a in model.params_]
+        model.state2_ = [None] * len(model.params_)
+        return model
+
+
+def _jsonable(o: Any):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    return str(o)
