@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "activations.h"
 #include "types.h"
 
 namespace seqrec {
@@ -27,11 +28,10 @@ template <class T>
 T xe_row(Index C, Index p, const T* r, T* g) {
   T m = r[0];
   for (Index j = 1; j < C; ++j) m = std::max(m, r[j]);
+  for (Index j = 0; j < C; ++j) g[j] = r[j] - m;
+  activate(Act::Exp, g, C);
   T s = 0;
-  for (Index j = 0; j < C; ++j) {
-    g[j] = std::exp(r[j] - m);
-    s += g[j];
-  }
+  for (Index j = 0; j < C; ++j) s += g[j];
   const T inv = T(1) / s;
   for (Index j = 0; j < C; ++j) g[j] *= inv;  // g = softmax
   const T sp = g[p];
@@ -46,38 +46,44 @@ template <class T>
 void softmax_neg(Index C, Index p, const T* o, T* s) {
   T m = -INFINITY;
   for (Index j = 0; j < C; ++j) if (j != p) m = std::max(m, o[j]);
+  for (Index j = 0; j < C; ++j) s[j] = o[j] - m;
+  activate(Act::Exp, s, C);
+  s[p] = T(0);
   T sum = 0;
-  for (Index j = 0; j < C; ++j) {
-    s[j] = j == p ? T(0) : std::exp(o[j] - m);
-    sum += s[j];
-  }
+  for (Index j = 0; j < C; ++j) sum += s[j];
   const T inv = T(1) / sum;
   for (Index j = 0; j < C; ++j) s[j] *= inv;
 }
 
 // BPR-max: o = elu(r, α) when α > 0, else r; s = softmax of o over the negatives;
 // loss = −log(Σ_j s_j σ(o_p − o_j) + ε) + bpreg·Σ_j s_j o_j².
-//   r (C) scores, g (C) out: gradient, s (C) and o (C) scratch
+//   r (C) scores, g (C) out: gradient (first used as scratch for σ(o_p − o_j)), s (C) and o (C) scratch
 template <class T>
 T bpr_max_row(Index C, Index p, const T* r, T elu_param, T bpreg, T* g, T* s, T* o) {
-  for (Index j = 0; j < C; ++j) {
-    o[j] = (elu_param > 0 && r[j] <= 0) ? elu_param * std::expm1(r[j]) : r[j];
+  if (elu_param > 0) {
+    for (Index j = 0; j < C; ++j) o[j] = std::min(r[j], T(0));
+    activate(Act::Exp, o, C);
+    for (Index j = 0; j < C; ++j) o[j] = r[j] > 0 ? r[j] : elu_param * (o[j] - T(1));
+  } else {
+    std::copy(r, r + C, o);
   }
   softmax_neg(C, p, o, s);
   const T op = o[p];
+  T* sg = g;
+  for (Index j = 0; j < C; ++j) sg[j] = op - o[j];
+  activate(Act::Logistic, sg, C);
   T A = 0, Q = 0, dAp = 0;
   for (Index j = 0; j < C; ++j) {
     if (j == p) continue;
-    const T sg = sigm(op - o[j]);
-    A += s[j] * sg;
+    A += s[j] * sg[j];
     Q += s[j] * o[j] * o[j];
-    dAp += s[j] * sg * (T(1) - sg);
+    dAp += s[j] * sg[j] * (T(1) - sg[j]);
   }
   const T kA = -T(1) / (A + loss_eps<T>());
   for (Index j = 0; j < C; ++j) {
     if (j == p) continue;
-    const T sg = sigm(op - o[j]);
-    const T dA = s[j] * (sg - A - sg * (T(1) - sg));
+    const T sj = sg[j];
+    const T dA = s[j] * (sj - A - sj * (T(1) - sj));
     const T dQ = s[j] * (o[j] * o[j] - Q) + T(2) * s[j] * o[j];
     g[j] = kA * dA + bpreg * dQ;
   }
@@ -89,22 +95,24 @@ T bpr_max_row(Index C, Index p, const T* r, T elu_param, T bpreg, T* g, T* s, T*
 }
 
 // TOP1-max: s = softmax of r over the negatives; loss = Σ_j s_j (σ(r_j − r_p) + σ(r_j²)).
+//   r (C) scores, g (C) out: gradient (first scratch), s (C) and o (C) scratch
 template <class T>
-T top1_max_row(Index C, Index p, const T* r, T* g, T* s) {
+T top1_max_row(Index C, Index p, const T* r, T* g, T* s, T* o) {
   softmax_neg(C, p, r, s);
   const T rp = r[p];
+  T* a = g;  // σ(r_j − r_p), then overwritten by the gradient
+  T* b = o;  // σ(r_j²)
+  for (Index j = 0; j < C; ++j) { a[j] = r[j] - rp; b[j] = r[j] * r[j]; }
+  activate(Act::Logistic, a, C);
+  activate(Act::Logistic, b, C);
   T V = 0;
-  for (Index j = 0; j < C; ++j) {
-    if (j == p) continue;
-    V += s[j] * (sigm(r[j] - rp) + sigm(r[j] * r[j]));
-  }
+  for (Index j = 0; j < C; ++j) if (j != p) V += s[j] * (a[j] + b[j]);
   T dp = 0;
   for (Index j = 0; j < C; ++j) {
     if (j == p) continue;
-    const T a = sigm(r[j] - rp), b = sigm(r[j] * r[j]);
-    const T v = a + b;
-    g[j] = s[j] * (v - V) + s[j] * (a * (T(1) - a) + b * (T(1) - b) * T(2) * r[j]);
-    dp -= s[j] * a * (T(1) - a);
+    const T aj = a[j], bj = b[j];
+    dp -= s[j] * aj * (T(1) - aj);
+    g[j] = s[j] * (aj + bj - V) + s[j] * (aj * (T(1) - aj) + bj * (T(1) - bj) * T(2) * r[j]);
   }
   g[p] = dp;
   return V;

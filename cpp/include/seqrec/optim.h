@@ -9,7 +9,9 @@
 // Not here: gradient computation, the merging of duplicate rows (train.h).
 #pragma once
 
+#include <Eigen/Core>
 #include <cmath>
+#include <vector>
 
 #include "parallel.h"
 #include "types.h"
@@ -27,29 +29,42 @@ struct OptConfig {
   long long step = 1;  // 1-based count of updates so far, including this one (Adam's bias correction)
 };
 
-// One element. s1 = Adagrad accumulator / Adam first moment; s2 = momentum / Adam second moment.
-template <class T>
-inline void update_one(const OptConfig& c, T g, T& p, T& s1, T* s2, T bc1, T bc2) {
-  if (c.kind == Optim::AdagradM) {
-    s1 += g * g;
-    const T step = g / std::sqrt(s1 + T(c.eps));
-    if (s2) {
-      *s2 = T(c.momentum) * *s2 - T(c.lr) * step;
-      p += *s2;
-    } else {
-      p -= T(c.lr) * step;
-    }
-  } else {
-    s1 = T(c.beta1) * s1 + (T(1) - T(c.beta1)) * g;
-    *s2 = T(c.beta2) * *s2 + (T(1) - T(c.beta2)) * g * g;
-    p -= T(c.lr) * (s1 / bc1) / (std::sqrt(*s2 / bc2) + T(c.eps));
-  }
-}
-
 template <class T>
 inline void bias_corrections(const OptConfig& c, T& bc1, T& bc2) {
   bc1 = T(1) - T(std::pow(c.beta1, double(c.step)));
   bc2 = T(1) - T(std::pow(c.beta2, double(c.step)));
+}
+
+// Updates a contiguous span of n elements. s1 = Adagrad accumulator / Adam first moment;
+// s2 = momentum / Adam second moment (null: Adagrad without momentum). Plain loops the compiler
+// vectorises: only +, −, ×, ÷ and std::sqrt, all correctly rounded, so results do not depend on
+// alignment or vector width. (Eigen's packet sqrt is an approximation under EIGEN_FAST_MATH.)
+template <class T>
+void update_span(const OptConfig& c, Index n, T* __restrict p, const T* __restrict g,
+                 T* __restrict s1, T* __restrict s2, T bc1, T bc2) {
+  const T lr = T(c.lr), eps = T(c.eps);
+  if (c.kind == Optim::AdagradM) {
+    if (s2) {
+      const T mu = T(c.momentum);
+      for (Index i = 0; i < n; ++i) {
+        s1[i] += g[i] * g[i];
+        s2[i] = mu * s2[i] - lr * (g[i] / std::sqrt(s1[i] + eps));
+        p[i] += s2[i];
+      }
+    } else {
+      for (Index i = 0; i < n; ++i) {
+        s1[i] += g[i] * g[i];
+        p[i] -= lr * (g[i] / std::sqrt(s1[i] + eps));
+      }
+    }
+  } else {
+    const T b1 = T(c.beta1), b2 = T(c.beta2);
+    for (Index i = 0; i < n; ++i) {
+      s1[i] = b1 * s1[i] + (T(1) - b1) * g[i];
+      s2[i] = b2 * s2[i] + (T(1) - b2) * (g[i] * g[i]);
+      p[i] -= lr * (s1[i] / bc1) / (std::sqrt(s2[i] / bc2) + eps);
+    }
+  }
 }
 
 // p, s1 (n); s2 (n) or null (Adagrad without momentum); g (n)
@@ -58,8 +73,8 @@ void dense_update(const OptConfig& c, Index n, T* p, const T* g, T* s1, T* s2, i
   T bc1 = 1, bc2 = 1;
   bias_corrections(c, bc1, bc2);
   parallel_for(n, num_threads, [&](Index i0, Index i1) {
-    for (Index i = i0; i < i1; ++i) update_one(c, g[i], p[i], s1[i], s2 ? s2 + i : nullptr, bc1, bc2);
-  }, 4096);
+    update_span(c, i1 - i0, p + i0, g + i0, s1 + i0, s2 ? s2 + i0 : nullptr, bc1, bc2);
+  }, 8192);
 }
 
 // Lazy update of nr rows of a (rows, W) table.
@@ -70,12 +85,25 @@ void row_update(const OptConfig& c, Index W, const std::int32_t* rows, Index nr,
   T bc1 = 1, bc2 = 1;
   bias_corrections(c, bc1, bc2);
   parallel_for(nr, num_threads, [&](Index k0, Index k1) {
+    if (W == 1) {
+      // a bias column: gather, update as one span, scatter
+      std::vector<T> pp(k1 - k0), a1(k1 - k0), a2(s2 ? k1 - k0 : 0);
+      for (Index k = k0; k < k1; ++k) {
+        pp[k - k0] = p[rows[k]];
+        a1[k - k0] = s1[rows[k]];
+        if (s2) a2[k - k0] = s2[rows[k]];
+      }
+      update_span(c, k1 - k0, pp.data(), G + k0, a1.data(), s2 ? a2.data() : nullptr, bc1, bc2);
+      for (Index k = k0; k < k1; ++k) {
+        p[rows[k]] = pp[k - k0];
+        s1[rows[k]] = a1[k - k0];
+        if (s2) s2[rows[k]] = a2[k - k0];
+      }
+      return;
+    }
     for (Index k = k0; k < k1; ++k) {
       const Index o = Index(rows[k]) * W;
-      const T* g = G + k * W;
-      for (Index j = 0; j < W; ++j) {
-        update_one(c, g[j], p[o + j], s1[o + j], s2 ? s2 + o + j : nullptr, bc1, bc2);
-      }
+      update_span(c, W, p + o, G + k * W, s1 + o, s2 ? s2 + o : nullptr, bc1, bc2);
     }
   }, 16);
 }

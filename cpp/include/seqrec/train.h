@@ -138,7 +138,7 @@ T loss_row(const TrainConfig& cfg, Index C, Index p, const T* r, T* g, T* s, T* 
   switch (cfg.loss) {
     case Loss::CrossEntropy: return xe_row(C, p, r, g);
     case Loss::BprMax: return bpr_max_row(C, p, r, T(cfg.elu_param), T(cfg.bpreg), g, s, o);
-    default: return top1_max_row(C, p, r, g, s);
+    default: return top1_max_row(C, p, r, g, s, o);
   }
 }
 
