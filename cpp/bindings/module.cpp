@@ -301,6 +301,7 @@ py::tuple sequence_forward_impl(const Args& args, py::handle X_, py::handle h0_,
   }
   {
     py::gil_scoped_release release;
+    seqrec::FlushDenormals ftz;
     for (size_t l = 0; l < L; ++l) {
       const T* in = l == 0 ? cptr<T>(X) : lc[l - 1].h_out;
       seqrec::layer_forward<K, T>(Tn, B, st.params[l], in, nullptr, h0[l],
@@ -394,6 +395,7 @@ py::tuple sequence_backward_impl(const Args& args, py::handle dY_, py::handle dh
   }
   {
     py::gil_scoped_release release;
+    seqrec::FlushDenormals ftz;
     std::vector<T> dIn_above, dIn;
     const T* dOut = cptr<T>(dY);
     for (size_t l = L; l-- > 0;) {
@@ -495,6 +497,7 @@ py::tuple cell_forward_impl(const Args& args, py::handle x_, py::handle h_, py::
   }
   {
     py::gil_scoped_release release;
+    seqrec::FlushDenormals ftz;
     seqrec::layer_forward<K, T>(1, B, p, cptr<T>(x), nullptr, cptr<T>(h),
                                 K == Cell::LSTM ? cptr<T>(c) : nullptr, nullptr, nullptr, lc, nt);
   }
@@ -548,6 +551,7 @@ py::tuple cell_backward_impl(const Args& args, py::handle dh_new_, py::handle dc
   auto dWx = empty<T>({E, G * H}), dWh = empty<T>({H, G * H}), db = empty<T>({G * H});
   {
     py::gil_scoped_release release;
+    seqrec::FlushDenormals ftz;
     seqrec::layer_backward<K, T>(1, B, p, cptr<T>(x), nullptr, nullptr, nullptr, lc,
                                  cptr<T>(zero_out), ptr<T>(dh), K == Cell::LSTM ? ptr<T>(dc) : nullptr,
                                  ptr<T>(dx), ptr<T>(dWx), ptr<T>(dWh), ptr<T>(db), nullptr, nt);
@@ -800,6 +804,7 @@ py::tuple train_chunk_impl(const Args& args, const std::string& embedding, py::s
   seqrec::ChunkResult r;
   {
     py::gil_scoped_release release;
+    seqrec::FlushDenormals ftz;
     r = seqrec::train_chunk<KC, T>(m, cfg, ch, h, c, losses.mutable_data(), counts.mutable_data(), nt);
   }
   return py::make_tuple(losses, counts, r.windows_done, r.non_finite, r.updates);

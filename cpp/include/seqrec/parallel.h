@@ -12,8 +12,31 @@
 #ifdef SEQREC_HAVE_OPENMP
 #include <omp.h>
 #endif
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+#define SEQREC_HAVE_MXCSR 1
+#endif
 
 namespace seqrec {
+
+// Flushes denormal floats to zero on this thread while in scope (x86 FTZ + DAZ), restoring the
+// caller's mode after. Why: late in training most softmax probabilities and their gradients
+// underflow into the denormal range, where every multiply costs ~100x; that made training 3x
+// slower. Values below ~1e-38 (float) / 1e-308 (double) change nothing that is measured.
+class FlushDenormals {
+ public:
+#ifdef SEQREC_HAVE_MXCSR
+  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040u); }
+  ~FlushDenormals() { _mm_setcsr(saved_); }
+ private:
+  unsigned int saved_;
+#else
+  FlushDenormals() {}
+#endif
+ public:
+  FlushDenormals(const FlushDenormals&) = delete;
+  FlushDenormals& operator=(const FlushDenormals&) = delete;
+};
 
 inline bool have_openmp() {
 #ifdef SEQREC_HAVE_OPENMP
@@ -38,6 +61,7 @@ void parallel_for(Index n, int num_threads, Fn&& fn, Index min_chunk = 1) {
       const Index k = omp_get_thread_num();
       const Index nt = omp_get_num_threads();
       const Index begin = k * n / nt, end = (k + 1) * n / nt;
+      FlushDenormals ftz;
       try {
         if (end > begin) fn(begin, end);
       } catch (...) {
