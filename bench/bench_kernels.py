@@ -146,11 +146,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
+    p.add_argument("--no-record", action="store_true", help="do not append to bench/results/")
     a = p.parse_args(argv)
     records = run(repeats=5 if a.quick else a.repeats)
     print(table(records))
-    path = write_records("kernels", records)
-    print(f"\nrecords appended to {path}")
+    if not a.no_record:
+        path = write_records("kernels", records)
+        print(f"\nrecords appended to {path}")
     return 0
 
 
