@@ -1,0 +1,86 @@
+"""Accuracy against the official GRU4Rec figures, on the same files, over several seeds.
+
+    python bench/accuracy.py [--seeds 1 2 3] [--threads 2] [--datasets rsc15_100k rsc15_64]
+
+Trains SessionRNN with the official RSC15 setting (configs/rsc15.toml) on train_full and evaluates on
+test with conservative full ranking (DESIGN.md §3.4), printing every run and the mean against the
+official PyTorch GRU4Rec's Recall@20 / MRR@20 on the same files. Records go to
+bench/results/accuracy.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_records  # noqa: E402
+
+from seqrec_fast.config import load_config  # noqa: E402
+from seqrec_fast.data import load  # noqa: E402
+from seqrec_fast.evaluate import evaluate  # noqa: E402
+from seqrec_fast.model import SessionRNN  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SEQREC_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+DATASETS = {
+    # name: (folder, file prefix, official Recall@20, official MRR@20)
+    "rsc15_100k": ("rsc15_100k_sessionrec", "rsc15_100k", 0.6771, 0.3540),
+    "rsc15_64": ("rsc15_64_shehzad_jannach", "rsc15_64", 0.6178, 0.2900),
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--config", default=str(ROOT / "configs" / "rsc15.toml"))
+    a = p.parse_args(argv)
+    params = load_config(a.config)
+    params.pop("num_threads", None)
+    params.pop("seed", None)
+    records = []
+    print(f"setting: {a.config}: {params}")
+    for name in a.datasets:
+        folder, prefix, off_r, off_m = DATASETS[name]
+        d = DATA / folder
+        tr, te = d / f"{prefix}_train_full.tsv.gz", d / f"{prefix}_test.tsv.gz"
+        if not tr.exists():
+            print(f"{name}: {tr} not found, skipped")
+            continue
+        train = load(tr)
+        test = load(te, item_map=train)
+        rs, ms = [], []
+        for seed in a.seeds:
+            m = SessionRNN(**params, seed=seed, num_threads=a.threads, progress=False, verbose=False)
+            t0 = time.perf_counter()
+            m.fit(train)
+            fit_s = time.perf_counter() - t0
+            res = evaluate(m, test, cutoffs=(20,), tie_mode="conservative")
+            r, mrr = float(res["recall@20"]), float(res["mrr@20"])
+            rs.append(r)
+            ms.append(mrr)
+            ev_s = np.mean([h["events_per_s"] for h in m.history_])
+            print(f"{name} seed {seed}: Recall@20 {r:.4f}  MRR@20 {mrr:.4f}  "
+                  f"(fit {fit_s:.1f}s, {ev_s:,.0f} events/s, eval {res.seconds:.2f}s, "
+                  f"{res.n_events} events)", flush=True)
+            records.append({"case": "accuracy", "dataset": name, "seed": seed, "recall@20": r,
+                            "mrr@20": mrr, "fit_s": fit_s, "events_per_s": ev_s,
+                            "threads": a.threads, "params": params})
+        mr, mm = float(np.mean(rs)), float(np.mean(ms))
+        print(f"{name} mean over {len(rs)} seeds: Recall@20 {mr:.4f} ({mr / off_r:.1%} of official "
+              f"{off_r}), MRR@20 {mm:.4f} ({mm / off_m:.1%} of official {off_m})")
+    if records:
+        print(f"records appended to {write_records('accuracy', records)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
