@@ -283,3 +283,42 @@ def test_early_stopping_keeps_best_epoch_and_callbacks_stop(synth):
     assert m.best_epoch_ == int(np.argmax(mrrs)) + 1
     again = evaluate(m, test, cutoffs=(20,))["mrr@20"]
     assert again == pytest.approx(max(mrrs))
+
+
+def test_fused_rank_counts_match_reference_with_ties(rng):
+    from seqrec_fast import _core
+    from seqrec_fast import reference as ref
+
+    n, N, D = 37, 301, 7
+    H = rng.normal(size=(n, D)).astype(np.float32)
+    W = rng.normal(size=(N, D)).astype(np.float32)
+    W[100:110] = W[5]  # ties: ten copies of item 5
+    b = np.zeros(N, np.float32)
+    target = rng.integers(0, N, n).astype(np.int32)
+    target[:4] = 5
+    for nt in (1, 2):
+        gt, ge = _core.score_rank_counts(H, W, b, target, nt)
+        rgt, rge = ref.score_rank_counts(H, W, b, target)
+        # float32 products may round differently from NumPy's BLAS; compare with a float64 oracle
+        S = H.astype(np.float64) @ W.T.astype(np.float64)
+        t = S[np.arange(n), target][:, None]
+        np.testing.assert_array_equal(ge - gt >= 1, True)  # the target counts itself
+        np.testing.assert_array_equal((ge - gt)[:4], 11)   # itself and its ten copies
+        assert np.abs(gt - (S > t).sum(1)).max() <= 1
+        assert np.abs(rgt - gt).max() <= 1
+    with pytest.raises(IndexError, match="target holds 301"):
+        _core.score_rank_counts(H, W, b, np.full(n, N, np.int32), 1)
+
+
+def test_evaluate_fused_path_equals_generic_path(synth):
+    train, test = synth
+    m = small(n_epochs=1).fit(train)
+
+    class Generic:  # the same model seen only through score()
+        n_items = m.n_items
+        start, reset, score = m.start, m.reset, m.score
+
+    a = evaluate(m, test, cutoffs=(1, 5, 20))
+    b = evaluate(Generic(), test, cutoffs=(1, 5, 20))
+    for key in ("recall@1", "recall@20", "mrr@20", "ndcg@5"):
+        assert a[key] == pytest.approx(b[key], abs=2e-3)

@@ -14,6 +14,7 @@
 
 #include "seqrec/parallel.h"
 #include "seqrec/sequence.h"
+#include "seqrec/topk.h"
 #include "seqrec/train.h"
 #include "seqrec/types.h"
 
@@ -840,6 +841,40 @@ py::tuple train_chunk(const std::string& cell, const std::string& embedding, py:
 #undef SEQREC_TRAIN
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation: rank counts of the targets against every item.
+
+template <class T>
+py::tuple score_rank_counts_impl(const Args& args, py::handle H_, py::handle W_, py::handle b_,
+                                 py::handle target_, int nt) {
+  auto H = args.array<T>(H_, "H", {ANY, ANY}, "(n, D)");
+  const Index n = H.shape(0), D = H.shape(1);
+  auto W = args.array<T>(W_, "W_y", {ANY, D}, "(N, D)");
+  const Index N = W.shape(0);
+  if (N < 1) args.value_error("W_y has N = 0 items");
+  auto b = args.array<T>(b_, "b_y", {N}, "(N,)");
+  std::vector<py::array> keep;
+  const std::int32_t* t = index_array(args, target_, "target", {n}, "(n,)", 0,
+                                      static_cast<std::int32_t>(N), keep);
+  py::array_t<std::int64_t> gt(n), ge(n);
+  {
+    py::gil_scoped_release release;
+    seqrec::FlushDenormals ftz;
+    seqrec::score_rank_counts<T>(n, N, D, cptr<T>(H), cptr<T>(W), cptr<T>(b), t, gt.mutable_data(),
+                                 ge.mutable_data(), nt);
+  }
+  return py::make_tuple(gt, ge);
+}
+
+py::tuple score_rank_counts(py::object H, py::object W_y, py::object b_y, py::object target,
+                            int num_threads) {
+  Args a{"score_rank_counts"};
+  const int nt = a.threads(num_threads);
+  if (dtype_of(a, H, "H") == DType::F32) return score_rank_counts_impl<float>(a, H, W_y, b_y, target, nt);
+  return score_rank_counts_impl<double>(a, H, W_y, b_y, target, nt);
+}
+
 // Whether the running CPU (and OS) supports an instruction-set feature; the Python loader uses it to
 // pick the fastest module variant that is safe to import.
 bool cpu_supports(const std::string& feature) {
@@ -945,6 +980,12 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
         "drop: None or a list of L (T, B, H_l) dropout multipliers on each layer's output (the\n"
         "dropped-out output is also the carried state).\n"
         "Returns (Y (T, B, H_L), h_last list, c_last list or None, cache list of per-layer dicts).");
+  m.def("score_rank_counts", &score_rank_counts, py::arg("H"), py::arg("W_y"), py::arg("b_y"),
+        py::arg("target"), py::arg("num_threads") = 1,
+        "Counts, per query, the items scoring above and at least the target's score.\n\n"
+        "H (n, D) final hidden states; W_y (N, D), b_y (N,) the output table; target (n,) int32.\n"
+        "Scores y_j = H·W_y[j] + b_y[j] are computed in query blocks (never an (n, N) array).\n"
+        "Returns (gt (n,) int64, ge (n,) int64).");
   m.def("train_chunk", &train_chunk, py::arg("cell"), py::arg("embedding"), py::arg("params"),
         py::arg("state1"), py::arg("state2"), py::arg("hidden"), py::arg("cell_state"), py::arg("x"),
         py::arg("y"), py::arg("reset"), py::arg("neg"), py::arg("drop_embed"), py::arg("drop_hidden"),

@@ -66,6 +66,11 @@ class NextItemScorer(Protocol):
         """Feed ``items[i]`` (int32 internal index) to slot ``slots[i]``'s session; return float32 scores
         of shape ``(len(slots), n_items)`` for the next event of each of those sessions."""
 
+    # Optional fast path: a scorer may also define
+    #     score_counts(slots, items, targets) -> (n_greater, n_greater_equal)
+    # which advances the sessions like ``score`` and returns the rank counts of ``targets`` directly
+    # (SessionRNN does this in C++). ``evaluate`` uses it when present.
+
 
 @dataclass
 class EvalResult:
@@ -276,6 +281,7 @@ def evaluate(
     n_ge = np.zeros(items.size, dtype=np.int64)
     scored = np.zeros(items.size, dtype=bool)
 
+    fused = getattr(scorer, "score_counts", None)
     t0 = time.perf_counter()
     if n_sess > 0:
         lengths = np.diff(offsets)
@@ -294,13 +300,17 @@ def evaluate(
             inp = items[ev]
             tgt_ev = ev + 1
             tgt = items[tgt_ev]
-            scores = scorer.score(act, inp)
-            if not isinstance(scores, np.ndarray) or scores.shape != (act.size, n_items):
-                raise ValueError(
-                    f"{type(scorer).__name__}.score returned shape {getattr(scores, 'shape', None)}; "
-                    f"expected ({act.size}, {n_items})"
-                )
-            gt, ge = rank_counts(scores, scores[np.arange(act.size), tgt])
+            if fused is not None:
+                # the scorer counts ranks itself (C++), without an (n, n_items) score array
+                gt, ge = fused(act, inp, tgt)
+            else:
+                scores = scorer.score(act, inp)
+                if not isinstance(scores, np.ndarray) or scores.shape != (act.size, n_items):
+                    raise ValueError(
+                        f"{type(scorer).__name__}.score returned shape "
+                        f"{getattr(scores, 'shape', None)}; expected ({act.size}, {n_items})"
+                    )
+                gt, ge = rank_counts(scores, scores[np.arange(act.size), tgt])
             n_gt[tgt_ev] = gt
             n_ge[tgt_ev] = ge
             scored[tgt_ev] = True

@@ -485,11 +485,8 @@ class SessionRNN:
             self.cell, X.reshape(1, n, -1), h, c, None, W, None, nt)
         return h_last, c_last, Y[0]
 
-    def _threads(self) -> int:
-        return int(self.num_threads) if self.num_threads else 1
-
-    def score(self, slots: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Feed ``items[i]`` to slot ``slots[i]`` and return float32 scores (len(slots), n_items)."""
+    def _advance(self, slots, items) -> np.ndarray:
+        """Advance the given slots by one item each; returns the top-layer outputs (n, H_L)."""
         slots = np.asarray(slots)
         items = np.asarray(items, dtype=np.int64)
         h = [np.ascontiguousarray(a[slots]) for a in self._h]
@@ -499,9 +496,25 @@ class SessionRNN:
             self._h[l][slots] = h[l]
             if c is not None:
                 self._c[l][slots] = c[l]
+        return out
+
+    def _threads(self) -> int:
+        return int(self.num_threads) if self.num_threads else 1
+
+    def score(self, slots: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Feed ``items[i]`` to slot ``slots[i]`` and return float32 scores (len(slots), n_items)."""
+        out = self._advance(slots, items)
         scores = out @ self.W_y_.T
         scores += self.b_y_
         return scores.astype(np.float32, copy=False)
+
+    def score_counts(self, slots: np.ndarray, items: np.ndarray, targets: np.ndarray):
+        """Evaluation fast path: feed ``items`` like :meth:`score`, then count per row the items
+        scoring > and >= the row's target (C++, no (n, n_items) score array). Returns (gt, ge)."""
+        out = self._advance(slots, items)
+        return _core.score_rank_counts(np.ascontiguousarray(out), self.W_y_, self.b_y_,
+                                       np.ascontiguousarray(targets, dtype=np.int32),
+                                       self._threads())
 
     # -- convenience ----------------------------------------------------------------------------
     def _to_index(self, items) -> np.ndarray:

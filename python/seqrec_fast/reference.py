@@ -569,3 +569,17 @@ def train_chunk(
             if cell == "lstm":
                 cell_state[l][...] = c_last[l]
     return losses, counts, K, False, updates
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation kernel (twin of topk.h)
+
+
+def score_rank_counts(H, W_y, b_y, target, num_threads: int = 1):
+    """Per query, the number of items whose score ``H·W_y[j] + b_y[j]`` is > and >= the target's.
+
+    H (n, D); W_y (N, D); b_y (N,); target (n,) int. Returns (gt, ge), int64 (n,).
+    """
+    S = H @ W_y.T + b_y
+    t = S[np.arange(len(target)), target][:, None]
+    return (S > t).sum(axis=1).astype(np.int64), (S >= t).sum(axis=1).astype(np.int64)
