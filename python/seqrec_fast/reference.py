@@ -583,3 +583,96 @@ def score_rank_counts(H, W_y, b_y, target, num_threads: int = 1):
     S = H @ W_y.T + b_y
     t = S[np.arange(len(target)), target][:, None]
     return (S > t).sum(axis=1).astype(np.int64), (S >= t).sum(axis=1).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Serving: top-k over the item table (twins of topk.h)
+
+
+def quantize_table(W, kind: str):
+    """A reduced-precision copy of an item table W (N, D) float32.
+
+    kind 'bfloat16': uint16 (N, D) holding bfloat16 bit patterns (round to nearest even), scales None.
+    kind 'int8': int8 (N, D) with per-row float32 scales (N,), W[j] ≈ scales[j] · q[j], |q| ≤ 127.
+    """
+    W = np.ascontiguousarray(W, dtype=np.float32)
+    if kind == "bfloat16":
+        bits = W.view(np.uint32).astype(np.uint64)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        return rounded.astype(np.uint16), None
+    if kind == "int8":
+        amax = np.abs(W).max(axis=1)
+        scales = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        q = np.clip(np.rint(W / scales[:, None]), -127, 127).astype(np.int8)
+        return q, scales
+    raise ValueError(f"kind must be 'bfloat16' or 'int8'; got {kind!r}")
+
+
+def dequantize_table(Wq, scales=None):
+    """float32 values of a table made by :func:`quantize_table` (or a float32 table itself)."""
+    if Wq.dtype == np.uint16:
+        return (Wq.astype(np.uint32) << 16).view(np.float32)
+    if Wq.dtype == np.int8:
+        return Wq.astype(np.float32) * scales[:, None]
+    return Wq
+
+
+def topk(H, W_y, b_y, k, exclude=None, scales=None, num_threads: int = 1):
+    """Top-k items per query by score ``H·W_y[j] + b_y[j]``.
+
+    Parameters
+    ----------
+    H : float32 (n, D)
+    W_y : (N, D) float32, or a reduced copy from :func:`quantize_table` (uint16 bfloat16 / int8)
+    b_y : float32 (N,)
+    k : int >= 1
+    exclude : int32 (n, m) or None
+        Items never to return for each query; -1 entries are padding.
+    scales : float32 (N,) for an int8 table, else None
+
+    Returns
+    -------
+    idx : int32 (n, min(k, N)), best first; ties go to the lower item index; -1 when fewer items
+        than k are eligible
+    scores : float32 (n, min(k, N)); -inf where idx is -1
+    """
+    W = dequantize_table(W_y, scales)
+    S = (H.astype(np.float32) @ W.T + b_y).astype(np.float32)
+    n, N = S.shape
+    if exclude is not None:
+        for i in range(n):
+            ex = exclude[i][exclude[i] >= 0]
+            S[i, ex] = -np.inf
+    kk = min(int(k), N)
+    idx = np.argsort(-S, axis=1, kind="stable")[:, :kk].astype(np.int32)
+    sc = np.take_along_axis(S, idx, axis=1)
+    idx[~np.isfinite(sc) & (sc < 0)] = -1
+    return idx, sc.astype(np.float32)
+
+
+def step_topk(cell, embedding, weights, E_in, W_y, b_y, h, c, items, k, exclude=None,
+              table=None, scales=None, num_threads: int = 1):
+    """One serving event for n sessions: advance their states by ``items`` and return the top k.
+
+    cell, embedding, weights: as for training (weights: list of (W_x, W_h, b) per layer; in 'onehot'
+    mode W_x of layer 0 has one row per item). E_in: the separate input table or None. h (and c for
+    lstm): lists of L float32 (n, H_l), updated in place. items: int32 (n,). ``table``/``scales``:
+    optional reduced-precision copy of W_y used for scoring (the input embedding always reads the
+    float32 W_y / E_in). Returns (idx, scores) as :func:`topk`.
+    """
+    items = np.asarray(items)
+    n = len(items)
+    W = list(weights)
+    if embedding == "onehot":
+        X = W[0][0][items]
+        W[0] = (np.eye(X.shape[1], dtype=X.dtype), W[0][1], W[0][2])
+    else:
+        X = (W_y if embedding == "constrained" else E_in)[items]
+    Y, h_last, c_last, _ = sequence_forward(cell, X.reshape(1, n, -1), list(h),
+                                            list(c) if c is not None else None, None, W)
+    for l in range(len(h)):
+        h[l][...] = h_last[l]
+        if c is not None:
+            c[l][...] = c_last[l]
+    return topk(Y[0], W_y if table is None else table, b_y, k, exclude,
+                scales if table is not None else None)
