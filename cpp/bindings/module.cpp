@@ -875,6 +875,203 @@ py::tuple score_rank_counts(py::object H, py::object W_y, py::object b_y, py::ob
   return score_rank_counts_impl<double>(a, H, W_y, b_y, target, nt);
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Serving: top-k, and one fused step + top-k.
+
+// The item table used for scoring: float32 (N, D), uint16 bfloat16 bits, or int8 + scales (N,).
+seqrec::ItemTable parse_table(const Args& args, py::handle table_, py::handle scales_,
+                              py::handle b_, Index D, std::vector<py::array>& keep) {
+  if (!py::isinstance<py::array>(table_)) {
+    args.type_error("the item table must be a numpy.ndarray (float32, uint16 bfloat16 bits or int8)");
+  }
+  auto t = py::reinterpret_borrow<py::array>(table_);
+  seqrec::ItemTable it;
+  py::array a;
+  if (t.dtype().is(py::dtype::of<float>())) {
+    it.kind = seqrec::TableKind::F32;
+    a = args.array<float>(t, "table", {ANY, D}, "(N, D)");
+  } else if (t.dtype().is(py::dtype::of<std::uint16_t>())) {
+    it.kind = seqrec::TableKind::BF16;
+    a = args.array<std::uint16_t>(t, "table", {ANY, D}, "(N, D)");
+  } else if (t.dtype().is(py::dtype::of<std::int8_t>())) {
+    it.kind = seqrec::TableKind::I8;
+    a = args.array<std::int8_t>(t, "table", {ANY, D}, "(N, D)");
+  } else {
+    args.type_error("the item table has dtype " + std::string(py::str(t.dtype())) +
+                    "; expected float32, uint16 (bfloat16 bits) or int8");
+  }
+  keep.push_back(a);
+  it.data = a.data();
+  it.N = a.shape(0);
+  it.D = D;
+  if (it.N < 1) args.value_error("the item table has N = 0 items");
+  auto b = args.array<float>(b_, "b_y", {it.N}, "(N,)");
+  keep.push_back(b);
+  it.bias = cptr<float>(b);
+  it.scales = nullptr;
+  if (it.kind == seqrec::TableKind::I8) {
+    if (scales_.is_none()) args.value_error("an int8 table needs scales (N,) float32");
+    auto sc = args.array<float>(scales_, "scales", {it.N}, "(N,)");
+    keep.push_back(sc);
+    it.scales = cptr<float>(sc);
+  } else if (!scales_.is_none()) {
+    args.value_error("scales are only for an int8 table");
+  }
+  return it;
+}
+
+const std::int32_t* parse_exclude(const Args& args, py::handle ex_, Index n, Index N, Index& m,
+                                  std::vector<py::array>& keep) {
+  m = 0;
+  if (ex_.is_none()) return nullptr;
+  auto e = args.array<std::int32_t>(ex_, "exclude", {n, ANY}, "(n, m)");
+  m = e.shape(1);
+  return index_array(args, e, "exclude", {n, m}, "(n, m)", -1, static_cast<std::int32_t>(N), keep);
+}
+
+py::tuple topk_run(const Args& args, const seqrec::ItemTable& t, const float* H, Index n, Index k,
+                   const std::int32_t* ex, Index m, int nt) {
+  const Index kk = std::min(k, t.N);
+  py::array_t<std::int32_t> idx({n, kk});
+  py::array_t<float> sc({n, kk});
+  {
+    py::gil_scoped_release release;
+    seqrec::FlushDenormals ftz;
+    seqrec::topk_scores(t, n, H, k, ex, m, idx.mutable_data(), sc.mutable_data(), nt);
+  }
+  (void)args;
+  return py::make_tuple(idx, sc);
+}
+
+Index parse_k(const Args& args, py::handle k_) {
+  Index k;
+  try {
+    k = k_.cast<Index>();
+  } catch (const py::cast_error&) {
+    args.type_error("k must be an int");
+  }
+  if (k < 1) args.value_error("k must be >= 1, got " + std::to_string(k));
+  return k;
+}
+
+py::tuple topk(py::object H_, py::object W_y, py::object b_y, py::object k_, py::object exclude,
+               py::object scales, int num_threads) {
+  Args a{"topk"};
+  const int nt = a.threads(num_threads);
+  auto H = a.array<float>(H_, "H", {ANY, ANY}, "(n, D)");
+  const Index n = H.shape(0), D = H.shape(1);
+  const Index k = parse_k(a, k_);
+  std::vector<py::array> keep;
+  auto t = parse_table(a, W_y, scales, b_y, D, keep);
+  Index m;
+  const std::int32_t* ex = parse_exclude(a, exclude, n, t.N, m, keep);
+  return topk_run(a, t, cptr<float>(H), n, k, ex, m, nt);
+}
+
+template <Cell K>
+py::tuple step_topk_impl(const Args& a, const std::string& embedding, py::handle weights,
+                         py::handle E_in_, py::handle W_y_, py::handle b_y, py::handle h_,
+                         py::handle c_, py::handle items_, Index k, py::handle exclude,
+                         py::handle table_, py::handle scales, int nt) {
+  auto W_y = a.array<float>(W_y_, "W_y", {ANY, ANY}, "(N, H_L)");
+  const Index N = W_y.shape(0), HL = W_y.shape(1);
+  if (N < 1) a.value_error("W_y has N = 0 items");
+  const bool onehot = embedding == "onehot", separate = embedding == "separate";
+  if (!onehot && !separate && embedding != "constrained") {
+    a.value_error("embedding must be 'constrained', 'separate' or 'onehot'; got '" + embedding + "'");
+  }
+  py::array E_in;
+  Index I0 = HL;
+  if (separate) {
+    E_in = a.array<float>(E_in_, "E_in", {N, ANY}, "(N, E)");
+    I0 = E_in.shape(1);
+  } else if (onehot) {
+    I0 = N;
+  }
+  auto st = parse_weights<float>(a, K, weights, I0);
+  const Index L = static_cast<Index>(st.params.size());
+  if (st.params[L - 1].H != HL) a.value_error("the last layer's width must equal W_y's columns");
+  auto items_a = a.array<std::int32_t>(items_, "items", {ANY}, "(n,)");
+  const Index n = items_a.shape(0);
+  if (n < 1) a.value_error("items is empty");
+  std::vector<py::array> keep;
+  const std::int32_t* items = index_array(a, items_a, "items", {n}, "(n,)", 0, static_cast<std::int32_t>(N), keep);
+  if (!py::isinstance<py::sequence>(h_) || py::len(h_) != static_cast<size_t>(L)) {
+    a.type_error("h must be a list of " + std::to_string(L) + " float32 arrays (n, H_l)");
+  }
+  std::vector<float*> h(L), c(L, nullptr);
+  auto hs = py::reinterpret_borrow<py::sequence>(h_);
+  for (Index l = 0; l < L; ++l) {
+    auto x = a.array<float>(hs[l], "h[" + std::to_string(l) + "]", {n, st.params[l].H}, "(n, H_l)");
+    keep.push_back(x);
+    h[l] = writable<float>(a, x, "h");
+  }
+  if constexpr (K == Cell::LSTM) {
+    if (c_.is_none() || !py::isinstance<py::sequence>(c_) || py::len(c_) != static_cast<size_t>(L)) {
+      a.type_error("c must be a list of " + std::to_string(L) + " float32 arrays (n, H_l) for lstm");
+    }
+    auto cs = py::reinterpret_borrow<py::sequence>(c_);
+    for (Index l = 0; l < L; ++l) {
+      auto x = a.array<float>(cs[l], "c[" + std::to_string(l) + "]", {n, st.params[l].H}, "(n, H_l)");
+      keep.push_back(x);
+      c[l] = writable<float>(a, x, "c");
+    }
+  } else if (!c_.is_none()) {
+    a.value_error("c must be None for a cell without memory cell");
+  }
+  auto t = parse_table(a, table_.is_none() ? py::handle(W_y) : table_, scales, b_y, HL, keep);
+  if (t.N != N) a.value_error("the scoring table must have the N rows of W_y");
+  Index m;
+  const std::int32_t* ex = parse_exclude(a, exclude, n, N, m, keep);
+  const Index kk = std::min(k, N);
+  py::array_t<std::int32_t> idx({n, kk});
+  py::array_t<float> sc({n, kk});
+  {
+    py::gil_scoped_release release;
+    seqrec::FlushDenormals ftz;
+    std::vector<float> X(onehot ? 0 : n * I0);
+    if (!onehot) {
+      const float* table = separate ? cptr<float>(E_in) : cptr<float>(W_y);
+      for (Index r = 0; r < n; ++r) std::copy(table + Index(items[r]) * I0, table + Index(items[r] + 1) * I0, X.data() + r * I0);
+    }
+    constexpr int G = seqrec::gate_count(K);
+    std::vector<std::vector<float>> hin(L), hout(L), gates(L), cin(L), cout(L);
+    for (Index l = 0; l < L; ++l) {
+      const Index H = st.params[l].H;
+      hin[l].resize(n * H);
+      hout[l].resize(n * H);
+      gates[l].resize(n * G * H);
+      if (K == Cell::LSTM) { cin[l].resize(n * H); cout[l].resize(n * H); }
+      seqrec::LayerCache<float> lc{hin[l].data(), hout[l].data(), gates[l].data(),
+                                   K == Cell::LSTM ? cin[l].data() : nullptr,
+                                   K == Cell::LSTM ? cout[l].data() : nullptr};
+      const float* in = l == 0 ? X.data() : hout[l - 1].data();
+      seqrec::layer_forward<K, float>(1, n, st.params[l], in, (onehot && l == 0) ? items : nullptr, h[l],
+                                      K == Cell::LSTM ? c[l] : nullptr, nullptr, nullptr, lc, nt);
+      std::copy(hout[l].begin(), hout[l].end(), h[l]);
+      if (K == Cell::LSTM) std::copy(cout[l].begin(), cout[l].end(), c[l]);
+    }
+    seqrec::topk_scores(t, n, hout[L - 1].data(), k, ex, m, idx.mutable_data(), sc.mutable_data(), nt);
+  }
+  return py::make_tuple(idx, sc);
+}
+
+py::tuple step_topk(const std::string& cell, const std::string& embedding, py::object weights,
+                    py::object E_in, py::object W_y, py::object b_y, py::object h, py::object c,
+                    py::object items, py::object k_, py::object exclude, py::object table,
+                    py::object scales, int num_threads) {
+  Args a{"step_topk"};
+  const Cell kc = parse_cell(a, cell);
+  const int nt = a.threads(num_threads);
+  const Index k = parse_k(a, k_);
+  switch (kc) {
+    case Cell::RNN: return step_topk_impl<Cell::RNN>(a, embedding, weights, E_in, W_y, b_y, h, c, items, k, exclude, table, scales, nt);
+    case Cell::GRU: return step_topk_impl<Cell::GRU>(a, embedding, weights, E_in, W_y, b_y, h, c, items, k, exclude, table, scales, nt);
+    default: return step_topk_impl<Cell::LSTM>(a, embedding, weights, E_in, W_y, b_y, h, c, items, k, exclude, table, scales, nt);
+  }
+}
+
 // Whether the running CPU (and OS) supports an instruction-set feature; the Python loader uses it to
 // pick the fastest module variant that is safe to import.
 bool cpu_supports(const std::string& feature) {
@@ -980,6 +1177,19 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
         "drop: None or a list of L (T, B, H_l) dropout multipliers on each layer's output (the\n"
         "dropped-out output is also the carried state).\n"
         "Returns (Y (T, B, H_L), h_last list, c_last list or None, cache list of per-layer dicts).");
+  m.def("topk", &topk, py::arg("H"), py::arg("W_y"), py::arg("b_y"), py::arg("k"),
+        py::arg("exclude") = py::none(), py::arg("scales") = py::none(), py::arg("num_threads") = 1,
+        "Top-k items per query by H·W_y[j] + b_y[j], fused with blocked scoring.\n\n"
+        "H (n, D) float32; W_y (N, D) float32, or uint16 bfloat16 bits, or int8 with scales (N,);\n"
+        "b_y (N,) float32; exclude: None or int32 (n, m) padded with -1. Ties go to the lower index.\n"
+        "Returns (idx int32 (n, min(k, N)), scores float32); idx -1 / score -inf past the eligible.");
+  m.def("step_topk", &step_topk, py::arg("cell"), py::arg("embedding"), py::arg("weights"),
+        py::arg("E_in"), py::arg("W_y"), py::arg("b_y"), py::arg("h"), py::arg("c"), py::arg("items"),
+        py::arg("k"), py::arg("exclude") = py::none(), py::arg("table") = py::none(),
+        py::arg("scales") = py::none(), py::arg("num_threads") = 1,
+        "One serving event for n sessions in one call: advance the states h (and c) in place by\n"
+        "items (n,) int32, then the top k of the new outputs (see topk). table/scales: an optional\n"
+        "reduced-precision copy of W_y for scoring. Returns (idx, scores).");
   m.def("score_rank_counts", &score_rank_counts, py::arg("H"), py::arg("W_y"), py::arg("b_y"),
         py::arg("target"), py::arg("num_threads") = 1,
         "Counts, per query, the items scoring above and at least the target's score.\n\n"

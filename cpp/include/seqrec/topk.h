@@ -6,10 +6,22 @@
 // once per query block. The target's score is read from the same product that scores every other
 // item, so an item never compares unequal with itself through rounding.
 // Parallel: over query blocks (each thread owns its buffer); deterministic for any thread count.
-// Not here: the serving top-k (fused selection), which comes with the Recommender.
+// Also: topk_scores, the serving kernel: per query the K best items by score, with exclusions and
+// ties to the lower item index, fused with blocked scoring (no N-sized temporary per query; the
+// table is read once per query block). Every score is computed by the same fixed-order dot
+// product (dot_rows), whatever the blocking, so equal rows give bit-equal scores and ties are
+// decided by index, never by rounding. Tables may be float32, bfloat16 bits (uint16) or int8 with
+// per-row scales; the reduced ones are widened block by block into a small float buffer.
+// Parallel: over items for a single query (each thread keeps its own top-K, merged at the end) and
+// over queries for a batch.
 #pragma once
 
+#include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <utility>
 #include <vector>
 
 #include "parallel.h"
@@ -46,6 +58,204 @@ void score_rank_counts(Index n, Index N, Index D, const T* H, const T* W, const 
         gt[r0 + i] = g;
         ge[r0 + i] = e;
       }
+    }
+  });
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Serving top-k
+
+enum class TableKind { F32 = 0, BF16 = 1, I8 = 2 };
+
+// Dot products of MQ query rows with MI item rows, each in one fixed order: packets over d
+// accumulated with pmadd in increasing d, one horizontal sum, then the scalar tail in order.
+// out[q * ld + i] = <h_q, w_i>.
+template <int MQ, int MI>
+inline void dot_rows(const float* const* h, const float* const* w, Index D, float* out, Index ld) {
+  using P = typename Eigen::internal::packet_traits<float>::type;
+  constexpr Index PS = Eigen::internal::unpacket_traits<P>::size;
+  P acc[MQ][MI];
+  for (int q = 0; q < MQ; ++q)
+    for (int i = 0; i < MI; ++i) acc[q][i] = Eigen::internal::pset1<P>(0.f);
+  Index d = 0;
+  for (; d + PS <= D; d += PS) {
+    P hv[MQ];
+    for (int q = 0; q < MQ; ++q) hv[q] = Eigen::internal::ploadu<P>(h[q] + d);
+    for (int i = 0; i < MI; ++i) {
+      const P wv = Eigen::internal::ploadu<P>(w[i] + d);
+      for (int q = 0; q < MQ; ++q) acc[q][i] = Eigen::internal::pmadd(hv[q], wv, acc[q][i]);
+    }
+  }
+  for (int q = 0; q < MQ; ++q) {
+    for (int i = 0; i < MI; ++i) {
+      float s = Eigen::internal::predux(acc[q][i]);
+      for (Index e = d; e < D; ++e) s += h[q][e] * w[i][e];
+      out[q * ld + i] = s;
+    }
+  }
+}
+
+// The K best (score, index) pairs seen so far; "better" = higher score, then lower index.
+class TopKHeap {
+ public:
+  explicit TopKHeap(Index k) : k_(k) { heap_.reserve(static_cast<size_t>(k)); }
+  static bool better(const std::pair<float, std::int32_t>& a, const std::pair<float, std::int32_t>& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  }
+  // Items must be offered in increasing index within one heap for the fast threshold test.
+  inline void offer(float s, std::int32_t j) {
+    if (!(s == s)) return;  // NaN scores are never recommended
+    if (static_cast<Index>(heap_.size()) < k_) {
+      heap_.emplace_back(s, j);
+      std::push_heap(heap_.begin(), heap_.end(), better);
+      if (static_cast<Index>(heap_.size()) == k_) thr_ = heap_.front().first;
+    } else if (s > thr_) {
+      std::pop_heap(heap_.begin(), heap_.end(), better);
+      heap_.back() = {s, j};
+      std::push_heap(heap_.begin(), heap_.end(), better);
+      thr_ = heap_.front().first;
+    }
+  }
+  float threshold() const { return static_cast<Index>(heap_.size()) < k_ ? -INFINITY : thr_; }
+  std::vector<std::pair<float, std::int32_t>>& items() { return heap_; }
+
+ private:
+  Index k_;
+  float thr_ = -INFINITY;
+  std::vector<std::pair<float, std::int32_t>> heap_;
+};
+
+struct ItemTable {
+  TableKind kind;
+  const void* data;      // (N, D) float32 / uint16 bfloat16 bits / int8
+  const float* scales;   // (N) for int8
+  const float* bias;     // (N)
+  Index N, D;
+};
+
+// Widens rows [j0, j0 + m) of a reduced table into buf (m, D) float32.
+inline void widen_rows(const ItemTable& t, Index j0, Index m, float* buf) {
+  const Index n = m * t.D;
+  if (t.kind == TableKind::BF16) {
+    const std::uint16_t* src = static_cast<const std::uint16_t*>(t.data) + j0 * t.D;
+    for (Index e = 0; e < n; ++e) {
+      const std::uint32_t u = std::uint32_t(src[e]) << 16;
+      std::memcpy(buf + e, &u, sizeof(float));
+    }
+  } else {
+    const std::int8_t* src = static_cast<const std::int8_t*>(t.data) + j0 * t.D;
+    for (Index e = 0; e < n; ++e) buf[e] = static_cast<float>(src[e]);
+  }
+}
+
+// Scores items [j0, j1) for MQ queries and offers them to their heaps. ex[q]/ex_end[q]: sorted
+// exclusions of each query, advanced as items pass.
+template <int MQ>
+void scan_items(const ItemTable& t, const float* const* h, Index j0, Index j1, TopKHeap** heaps,
+                const std::int32_t** ex, const std::int32_t* const* ex_end, std::vector<float>& wbuf) {
+  constexpr Index BLK = 64;
+  alignas(64) float sc[MQ * 4];
+  for (Index b0 = j0; b0 < j1; b0 += BLK) {
+    const Index m = std::min(BLK, j1 - b0);
+    const float* rows;
+    if (t.kind == TableKind::F32) {
+      rows = static_cast<const float*>(t.data) + b0 * t.D;
+    } else {
+      widen_rows(t, b0, m, wbuf.data());
+      rows = wbuf.data();
+    }
+    for (Index i0 = 0; i0 < m; i0 += 4) {
+      const Index mi = std::min<Index>(4, m - i0);
+      const float* w[4];
+      for (Index i = 0; i < mi; ++i) w[i] = rows + (i0 + i) * t.D;
+      if (mi == 4) dot_rows<MQ, 4>(h, w, t.D, sc, 4);
+      else for (Index i = 0; i < mi; ++i) dot_rows<MQ, 1>(h, w + i, t.D, sc + i, 4);
+      for (Index i = 0; i < mi; ++i) {
+        const Index j = b0 + i0 + i;
+        const float scale = t.kind == TableKind::I8 ? t.scales[j] : 1.f;
+        for (int q = 0; q < MQ; ++q) {
+          while (ex[q] != ex_end[q] && *ex[q] < j) ++ex[q];
+          if (ex[q] != ex_end[q] && *ex[q] == j) continue;
+          float s = sc[q * 4 + i];
+          if (t.kind == TableKind::I8) s *= scale;
+          heaps[q]->offer(s + t.bias[j], static_cast<std::int32_t>(j));
+        }
+      }
+    }
+  }
+}
+
+// H (n, D) queries; exclude (n, m) int32 padded with −1, or null; out idx/scores (n, kk).
+inline void topk_scores(const ItemTable& t, Index n, const float* H, Index k,
+                        const std::int32_t* exclude, Index m_ex, std::int32_t* out_idx,
+                        float* out_sc, int num_threads) {
+  const Index kk = std::min(k, t.N);
+  std::vector<std::vector<std::int32_t>> ex(static_cast<size_t>(n));
+  if (exclude) {
+    for (Index q = 0; q < n; ++q) {
+      for (Index e = 0; e < m_ex; ++e) if (exclude[q * m_ex + e] >= 0) ex[q].push_back(exclude[q * m_ex + e]);
+      std::sort(ex[q].begin(), ex[q].end());
+    }
+  }
+  auto write = [&](Index q, std::vector<std::pair<float, std::int32_t>>& c) {
+    std::sort(c.begin(), c.end(), TopKHeap::better);
+    for (Index r = 0; r < kk; ++r) {
+      const bool ok = r < static_cast<Index>(c.size());
+      out_idx[q * kk + r] = ok ? c[r].second : -1;
+      out_sc[q * kk + r] = ok ? c[r].first : -INFINITY;
+    }
+  };
+  const Index wbuf_size = t.kind == TableKind::F32 ? 0 : 64 * t.D;
+  if (n < num_threads) {
+    // few queries: split the items across threads, merge the per-thread heaps
+    for (Index q = 0; q < n; ++q) {
+      const int p = static_cast<int>(std::min<Index>(num_threads, std::max<Index>(1, t.N / 256)));
+      std::vector<std::vector<std::pair<float, std::int32_t>>> parts(static_cast<size_t>(p));
+      parallel_for(p, p, [&](Index a0, Index a1) {
+        std::vector<float> wbuf(static_cast<size_t>(wbuf_size));
+        for (Index a = a0; a < a1; ++a) {
+          const Index j0 = a * t.N / p, j1 = (a + 1) * t.N / p;
+          TopKHeap heap(kk);
+          TopKHeap* hp = &heap;
+          const float* hq = H + q * t.D;
+          const std::int32_t* e0 = std::lower_bound(ex[q].data(), ex[q].data() + ex[q].size(), std::int32_t(j0));
+          const std::int32_t* ee = ex[q].data() + ex[q].size();
+          scan_items<1>(t, &hq, j0, j1, &hp, &e0, &ee, wbuf);
+          parts[a] = std::move(heap.items());
+        }
+      });
+      std::vector<std::pair<float, std::int32_t>> all;
+      for (auto& v : parts) all.insert(all.end(), v.begin(), v.end());
+      write(q, all);
+    }
+    return;
+  }
+  // a batch: parallel over groups of 4 queries, each group streams the table once
+  const Index groups = (n + 3) / 4;
+  parallel_for(groups, num_threads, [&](Index g0, Index g1) {
+    std::vector<float> wbuf(static_cast<size_t>(wbuf_size));
+    for (Index g = g0; g < g1; ++g) {
+      const Index q0 = g * 4, mq = std::min<Index>(4, n - q0);
+      std::vector<TopKHeap> heaps;
+      heaps.reserve(4);
+      TopKHeap* hp[4];
+      const float* hq[4];
+      const std::int32_t* e0[4];
+      const std::int32_t* ee[4];
+      for (Index q = 0; q < mq; ++q) {
+        heaps.emplace_back(kk);
+        hq[q] = H + (q0 + q) * t.D;
+        e0[q] = ex[q0 + q].data();
+        ee[q] = ex[q0 + q].data() + ex[q0 + q].size();
+      }
+      for (Index q = 0; q < mq; ++q) hp[q] = &heaps[q];
+      if (mq == 4) {
+        scan_items<4>(t, hq, 0, t.N, hp, e0, ee, wbuf);
+      } else {
+        for (Index q = 0; q < mq; ++q) scan_items<1>(t, hq + q, 0, t.N, hp + q, e0 + q, ee + q, wbuf);
+      }
+      for (Index q = 0; q < mq; ++q) write(q0 + q, heaps[q].items());
     }
   });
 }
