@@ -37,9 +37,9 @@ def small_int_case(rng, n, N, D, levels=3):
 @given(
     n=st.integers(1, 9), N=st.integers(1, 60), D=st.integers(1, 37), k=st.integers(1, 70),
     nt=st.sampled_from([1, 2]), seed=st.integers(0, 2**31 - 1), with_ex=st.booleans(),
-    levels=st.sampled_from([0, 1, 3]),
+    levels=st.sampled_from([0, 1, 3]), packed=st.booleans(),
 )
-def test_topk_matches_stable_argsort(n, N, D, k, nt, seed, with_ex, levels):
+def test_topk_matches_stable_argsort(n, N, D, k, nt, seed, with_ex, levels, packed):
     rng = np.random.default_rng(seed)
     H, W, b = small_int_case(rng, n, N, D, levels)  # levels=0: all scores equal per query (bias aside)
     if levels == 0:
@@ -47,7 +47,8 @@ def test_topk_matches_stable_argsort(n, N, D, k, nt, seed, with_ex, levels):
     ex = None
     if with_ex:
         ex = rng.integers(-1, N, size=(n, 4)).astype(np.int32)
-    idx, sc = _core.topk(H, W, b, k, ex, None, nt)
+    table = _core.pack_table(W) if packed else W
+    idx, sc = _core.topk(H, table, b, k, ex, None, nt)
     oi, os_ = oracle(H, W, b, k, ex)
     np.testing.assert_array_equal(idx, oi)
     np.testing.assert_array_equal(np.where(idx >= 0, sc, -np.inf), np.where(oi >= 0, os_, -np.inf))
@@ -73,6 +74,9 @@ def test_reduced_precision_tables(rng, kind):
     b = rng.normal(size=N).astype(np.float32) * 0.1
     q, scales = ref.quantize_table(W, kind)
     idx, sc = _core.topk(H, q, b, 10, None, scales, 2)
+    pi, ps = _core.topk(H, _core.pack_table(q), b, 10, None, scales, 2)
+    np.testing.assert_array_equal(pi, idx)  # both layouts rank the same
+    np.testing.assert_allclose(ps, sc, rtol=1e-5, atol=1e-5)
     ri, rs = ref.topk(H, q, b, 10, None, scales)  # oracle on the dequantized table
     assert (idx == ri).mean() > 0.95
     np.testing.assert_allclose(sc, rs, rtol=1e-4, atol=1e-3)
@@ -133,3 +137,28 @@ def test_step_topk_matches_reference(rng, cell, embedding):
     np.testing.assert_array_equal(a[0], r[0])
     np.testing.assert_allclose(a[1], r[1], rtol=1e-5, atol=1e-5)
     assert items[0] not in a[0][0]
+
+
+def test_pack_table_layout_matches_reference(rng):
+    for dtype in (np.float32, np.int8, np.uint16):
+        W = rng.integers(-100, 100, size=(37, 5)).astype(dtype)
+        P = _core.pack_table(W)
+        np.testing.assert_array_equal(P, ref.pack_table(W))
+        np.testing.assert_array_equal(ref.unpack_table(P, 37), W)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_step_topk_with_packed_reduced_table(rng, cell):
+    layers = (6,)
+    weights, E_in, W_y, b_y = make_serving_model(rng, cell, "constrained", layers, N=70)
+    q, scales = ref.quantize_table(W_y, "int8")
+    h = [rng.normal(size=(2, 6)).astype(np.float32)]
+    c = [rng.normal(size=(2, 6)).astype(np.float32)] if cell == "lstm" else None
+    items = np.array([3, 9], np.int32)
+    a = _core.step_topk(cell, "constrained", weights, None, W_y, b_y, [x.copy() for x in h],
+                        [x.copy() for x in c] if c else None, items, 7, None,
+                        _core.pack_table(q), scales)
+    r = ref.step_topk(cell, "constrained", weights, None, W_y, b_y, [x.copy() for x in h],
+                      [x.copy() for x in c] if c else None, items, 7, None, q, scales)
+    np.testing.assert_array_equal(a[0], r[0])
+    np.testing.assert_allclose(a[1], r[1], rtol=1e-4, atol=1e-4)

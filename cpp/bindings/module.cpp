@@ -887,38 +887,71 @@ seqrec::ItemTable parse_table(const Args& args, py::handle table_, py::handle sc
   }
   auto t = py::reinterpret_borrow<py::array>(table_);
   seqrec::ItemTable it;
+  it.packed = t.ndim() == 3;
+  // N comes from the bias; a packed table is (ceil(N/16), D, 16)
+  if (!py::isinstance<py::array>(b_) || py::reinterpret_borrow<py::array>(b_).ndim() != 1) {
+    args.value_error("b_y must be a 1-d float32 array (N,)");
+  }
+  const Index N = py::reinterpret_borrow<py::array>(b_).shape(0);
+  if (N < 1) args.value_error("b_y has N = 0 items");
+  std::vector<Index> shape = it.packed ? std::vector<Index>{(N + seqrec::PACK - 1) / seqrec::PACK, D, seqrec::PACK}
+                                       : std::vector<Index>{N, D};
+  const char* what = it.packed ? "(ceil(N/16), D, 16) from pack_table" : "(N, D)";
   py::array a;
   if (t.dtype().is(py::dtype::of<float>())) {
     it.kind = seqrec::TableKind::F32;
-    a = args.array<float>(t, "table", {ANY, D}, "(N, D)");
+    a = args.array<float>(t, "table", shape, what);
   } else if (t.dtype().is(py::dtype::of<std::uint16_t>())) {
     it.kind = seqrec::TableKind::BF16;
-    a = args.array<std::uint16_t>(t, "table", {ANY, D}, "(N, D)");
+    a = args.array<std::uint16_t>(t, "table", shape, what);
   } else if (t.dtype().is(py::dtype::of<std::int8_t>())) {
     it.kind = seqrec::TableKind::I8;
-    a = args.array<std::int8_t>(t, "table", {ANY, D}, "(N, D)");
+    a = args.array<std::int8_t>(t, "table", shape, what);
   } else {
     args.type_error("the item table has dtype " + std::string(py::str(t.dtype())) +
                     "; expected float32, uint16 (bfloat16 bits) or int8");
   }
   keep.push_back(a);
   it.data = a.data();
-  it.N = a.shape(0);
+  it.N = N;
   it.D = D;
-  if (it.N < 1) args.value_error("the item table has N = 0 items");
-  auto b = args.array<float>(b_, "b_y", {it.N}, "(N,)");
+  auto b = args.array<float>(b_, "b_y", {N}, "(N,)");
   keep.push_back(b);
   it.bias = cptr<float>(b);
   it.scales = nullptr;
   if (it.kind == seqrec::TableKind::I8) {
     if (scales_.is_none()) args.value_error("an int8 table needs scales (N,) float32");
-    auto sc = args.array<float>(scales_, "scales", {it.N}, "(N,)");
+    auto sc = args.array<float>(scales_, "scales", {N}, "(N,)");
     keep.push_back(sc);
     it.scales = cptr<float>(sc);
   } else if (!scales_.is_none()) {
     args.value_error("scales are only for an int8 table");
   }
   return it;
+}
+
+template <class S>
+py::array pack_typed(const Args& args, py::handle W_) {
+  auto W = args.array<S>(W_, "W", {ANY, ANY}, "(N, D)");
+  const Index N = W.shape(0), D = W.shape(1);
+  if (N < 1 || D < 1) args.value_error("W must have N >= 1 rows and D >= 1 columns");
+  const Index nb = (N + seqrec::PACK - 1) / seqrec::PACK;
+  py::array_t<S> out({nb, D, seqrec::PACK});
+  {
+    py::gil_scoped_release release;
+    seqrec::pack_rows<S>(cptr<S>(W), N, D, out.mutable_data());
+  }
+  return std::move(out);
+}
+
+py::array pack_table(py::object W) {
+  Args a{"pack_table"};
+  if (!py::isinstance<py::array>(W)) a.type_error("W must be a numpy.ndarray");
+  auto arr = py::reinterpret_borrow<py::array>(W);
+  if (arr.dtype().is(py::dtype::of<float>())) return pack_typed<float>(a, W);
+  if (arr.dtype().is(py::dtype::of<std::uint16_t>())) return pack_typed<std::uint16_t>(a, W);
+  if (arr.dtype().is(py::dtype::of<std::int8_t>())) return pack_typed<std::int8_t>(a, W);
+  a.type_error("W has dtype " + std::string(py::str(arr.dtype())) + "; expected float32, uint16 or int8");
 }
 
 const std::int32_t* parse_exclude(const Args& args, py::handle ex_, Index n, Index N, Index& m,
@@ -1020,8 +1053,11 @@ py::tuple step_topk_impl(const Args& a, const std::string& embedding, py::handle
   } else if (!c_.is_none()) {
     a.value_error("c must be None for a cell without memory cell");
   }
+  if (!py::isinstance<py::array>(b_y) || py::reinterpret_borrow<py::array>(b_y).ndim() != 1 ||
+      py::reinterpret_borrow<py::array>(b_y).shape(0) != N) {
+    a.value_error("b_y must be a float32 array (N,) with the N rows of W_y");
+  }
   auto t = parse_table(a, table_.is_none() ? py::handle(W_y) : table_, scales, b_y, HL, keep);
-  if (t.N != N) a.value_error("the scoring table must have the N rows of W_y");
   Index m;
   const std::int32_t* ex = parse_exclude(a, exclude, n, N, m, keep);
   const Index kk = std::min(k, N);
@@ -1177,6 +1213,10 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
         "drop: None or a list of L (T, B, H_l) dropout multipliers on each layer's output (the\n"
         "dropped-out output is also the carried state).\n"
         "Returns (Y (T, B, H_L), h_last list, c_last list or None, cache list of per-layer dicts).");
+  m.def("pack_table", &pack_table, py::arg("W"),
+        "Packs an item table (N, D) (float32, uint16 bfloat16 bits or int8) into the serving layout\n"
+        "(ceil(N/16), D, 16): 16 items' weights contiguous per dimension. topk and step_topk accept it\n"
+        "wherever they take a table; scores are the same sums in the same order.");
   m.def("topk", &topk, py::arg("H"), py::arg("W_y"), py::arg("b_y"), py::arg("k"),
         py::arg("exclude") = py::none(), py::arg("scales") = py::none(), py::arg("num_threads") = 1,
         "Top-k items per query by H·W_y[j] + b_y[j], fused with blocked scoring.\n\n"

@@ -608,6 +608,25 @@ def quantize_table(W, kind: str):
     raise ValueError(f"kind must be 'bfloat16' or 'int8'; got {kind!r}")
 
 
+PACK = 16
+
+
+def pack_table(W):
+    """The serving layout of an item table: (ceil(N/16), D, 16), item j at [j // 16, :, j % 16]."""
+    W = np.asarray(W)
+    N, D = W.shape
+    nb = -(-N // PACK)
+    out = np.zeros((nb * PACK, D), W.dtype)
+    out[:N] = W
+    return np.ascontiguousarray(out.reshape(nb, PACK, D).transpose(0, 2, 1))
+
+
+def unpack_table(P, N):
+    """Inverse of :func:`pack_table` for a table of N items."""
+    nb, D, _ = P.shape
+    return np.ascontiguousarray(P.transpose(0, 2, 1).reshape(nb * PACK, D)[:N])
+
+
 def dequantize_table(Wq, scales=None):
     """float32 values of a table made by :func:`quantize_table` (or a float32 table itself)."""
     if Wq.dtype == np.uint16:
@@ -636,6 +655,8 @@ def topk(H, W_y, b_y, k, exclude=None, scales=None, num_threads: int = 1):
         than k are eligible
     scores : float32 (n, min(k, N)); -inf where idx is -1
     """
+    if W_y.ndim == 3:
+        W_y = unpack_table(W_y, len(b_y))
     W = dequantize_table(W_y, scales)
     S = (H.astype(np.float32) @ W.T + b_y).astype(np.float32)
     n, N = S.shape

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -128,6 +129,7 @@ class TopKHeap {
 
 struct ItemTable {
   TableKind kind;
+  bool packed = false;   // (ceil(N/16), D, 16) blocks instead of (N, D) rows
   const void* data;      // (N, D) float32 / uint16 bfloat16 bits / int8
   const float* scales;   // (N) for int8
   const float* bias;     // (N)
@@ -186,6 +188,152 @@ void scan_items(const ItemTable& t, const float* const* h, Index j0, Index j1, T
   }
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Packed tables: items in blocks of 16, laid out (block, d, 16), so one query's scores for 16 items
+// are 16 independent sums over d (a broadcast of h[d] times 16 contiguous weights): no horizontal
+// reductions, the table streamed once, and every score summed in the same order. Made once when a
+// model is loaded for serving (pack_table), for float32, bfloat16 or int8 tables.
+
+constexpr Index PACK = 16;
+
+// src (N, D) row-major of type S -> dst (ceil(N/16), D, 16), zero-padded.
+template <class S>
+void pack_rows(const S* src, Index N, Index D, S* dst) {
+  const Index nb = (N + PACK - 1) / PACK;
+  std::fill(dst, dst + nb * D * PACK, S(0));
+  for (Index j = 0; j < N; ++j) {
+    const Index b = j / PACK, l = j % PACK;
+    for (Index d = 0; d < D; ++d) dst[(b * D + d) * PACK + l] = src[j * D + d];
+  }
+}
+
+template <TableKind KT>
+inline void widen16(const void* p, float* out) {
+  if constexpr (KT == TableKind::F32) {
+    std::memcpy(out, p, PACK * sizeof(float));
+  } else if constexpr (KT == TableKind::BF16) {
+    const std::uint16_t* s = static_cast<const std::uint16_t*>(p);
+    for (Index l = 0; l < PACK; ++l) {
+      const std::uint32_t u = std::uint32_t(s[l]) << 16;
+      std::memcpy(out + l, &u, sizeof(float));
+    }
+  } else {
+    const std::int8_t* s = static_cast<const std::int8_t*>(p);
+    for (Index l = 0; l < PACK; ++l) out[l] = static_cast<float>(s[l]);
+  }
+}
+
+// Scores of MQ queries for the 16 items of packed block b: out[q * 16 + l].
+template <TableKind KT, int MQ>
+inline void score_block(const ItemTable& t, Index b, const float* const* h, float* out) {
+  using P = typename Eigen::internal::packet_traits<float>::type;
+  constexpr Index PS = Eigen::internal::unpacket_traits<P>::size;
+  constexpr Index NP = PACK / PS;
+  static_assert(PACK % PS == 0, "packet size must divide 16");
+  const Index D = t.D;
+  const std::size_t esz = KT == TableKind::F32 ? 4 : (KT == TableKind::BF16 ? 2 : 1);
+  const char* base = static_cast<const char*>(t.data) + std::size_t(b) * D * PACK * esz;
+  P acc[MQ][NP];
+  for (int q = 0; q < MQ; ++q)
+    for (Index v = 0; v < NP; ++v) acc[q][v] = Eigen::internal::pset1<P>(0.f);
+  alignas(64) float w[PACK];
+  for (Index d = 0; d < D; ++d) {
+    const float* wp;
+    if constexpr (KT == TableKind::F32) {
+      wp = reinterpret_cast<const float*>(base) + d * PACK;
+    } else {
+      widen16<KT>(base + std::size_t(d) * PACK * esz, w);
+      wp = w;
+    }
+    P wv[NP];
+    for (Index v = 0; v < NP; ++v) wv[v] = Eigen::internal::ploadu<P>(wp + v * PS);
+    for (int q = 0; q < MQ; ++q) {
+      const P hv = Eigen::internal::pset1<P>(h[q][d]);
+      for (Index v = 0; v < NP; ++v) acc[q][v] = Eigen::internal::pmadd(hv, wv[v], acc[q][v]);
+    }
+  }
+  for (int q = 0; q < MQ; ++q)
+    for (Index v = 0; v < NP; ++v) Eigen::internal::pstoreu(out + q * PACK + v * PS, acc[q][v]);
+}
+
+// Offers the scores of packed blocks [b0, b1) for MQ queries to their heaps.
+template <TableKind KT, int MQ>
+void scan_packed(const ItemTable& t, const float* const* h, Index b0, Index b1, TopKHeap** heaps,
+                 const std::int32_t** ex, const std::int32_t* const* ex_end) {
+  alignas(64) float sc[MQ * PACK];
+  for (Index b = b0; b < b1; ++b) {
+    score_block<KT, MQ>(t, b, h, sc);
+    const Index j0 = b * PACK, m = std::min(PACK, t.N - j0);
+    for (int q = 0; q < MQ; ++q) {
+      const float thr = heaps[q]->threshold();
+      for (Index l = 0; l < m; ++l) {
+        const Index j = j0 + l;
+        float s = sc[q * PACK + l];
+        if constexpr (KT == TableKind::I8) s *= t.scales[j];
+        s += t.bias[j];
+        if (!(s >= thr)) continue;  // cannot enter (also drops NaN); exclusions checked after
+        while (ex[q] != ex_end[q] && *ex[q] < j) ++ex[q];
+        if (ex[q] != ex_end[q] && *ex[q] == j) continue;
+        heaps[q]->offer(s, static_cast<std::int32_t>(j));
+      }
+    }
+  }
+}
+
+template <TableKind KT>
+void topk_packed_kind(const ItemTable& t, Index n, const float* H, Index kk,
+                      const std::vector<std::vector<std::int32_t>>& ex,
+                      const std::function<void(Index, std::vector<std::pair<float, std::int32_t>>&)>& write,
+                      int num_threads) {
+  const Index nb = (t.N + PACK - 1) / PACK;
+  if (n < num_threads) {
+    for (Index q = 0; q < n; ++q) {
+      const int p = static_cast<int>(std::min<Index>(num_threads, std::max<Index>(1, nb / 64)));
+      std::vector<std::vector<std::pair<float, std::int32_t>>> parts(static_cast<size_t>(p));
+      parallel_for(p, p, [&](Index a0, Index a1) {
+        for (Index a = a0; a < a1; ++a) {
+          const Index bb0 = a * nb / p, bb1 = (a + 1) * nb / p;
+          TopKHeap heap(kk);
+          TopKHeap* hp = &heap;
+          const float* hq = H + q * t.D;
+          const std::int32_t* e0 = std::lower_bound(ex[q].data(), ex[q].data() + ex[q].size(),
+                                                    std::int32_t(bb0 * PACK));
+          const std::int32_t* ee = ex[q].data() + ex[q].size();
+          scan_packed<KT, 1>(t, &hq, bb0, bb1, &hp, &e0, &ee);
+          parts[a] = std::move(heap.items());
+        }
+      });
+      std::vector<std::pair<float, std::int32_t>> all;
+      for (auto& v : parts) all.insert(all.end(), v.begin(), v.end());
+      write(q, all);
+    }
+    return;
+  }
+  const Index groups = (n + 3) / 4;
+  parallel_for(groups, num_threads, [&](Index g0, Index g1) {
+    for (Index g = g0; g < g1; ++g) {
+      const Index q0 = g * 4, mq = std::min<Index>(4, n - q0);
+      std::vector<TopKHeap> heaps;
+      heaps.reserve(4);
+      TopKHeap* hp[4];
+      const float* hq[4];
+      const std::int32_t* e0[4];
+      const std::int32_t* ee[4];
+      for (Index q = 0; q < mq; ++q) {
+        heaps.emplace_back(kk);
+        hq[q] = H + (q0 + q) * t.D;
+        e0[q] = ex[q0 + q].data();
+        ee[q] = ex[q0 + q].data() + ex[q0 + q].size();
+      }
+      for (Index q = 0; q < mq; ++q) hp[q] = &heaps[q];
+      if (mq == 4) scan_packed<KT, 4>(t, hq, 0, nb, hp, e0, ee);
+      else for (Index q = 0; q < mq; ++q) scan_packed<KT, 1>(t, hq + q, 0, nb, hp + q, e0 + q, ee + q);
+      for (Index q = 0; q < mq; ++q) write(q0 + q, heaps[q].items());
+    }
+  });
+}
+
 // H (n, D) queries; exclude (n, m) int32 padded with −1, or null; out idx/scores (n, kk).
 inline void topk_scores(const ItemTable& t, Index n, const float* H, Index k,
                         const std::int32_t* exclude, Index m_ex, std::int32_t* out_idx,
@@ -206,6 +354,15 @@ inline void topk_scores(const ItemTable& t, Index n, const float* H, Index k,
       out_sc[q * kk + r] = ok ? c[r].first : -INFINITY;
     }
   };
+  if (t.packed) {
+    std::function<void(Index, std::vector<std::pair<float, std::int32_t>>&)> w = write;
+    switch (t.kind) {
+      case TableKind::F32: topk_packed_kind<TableKind::F32>(t, n, H, kk, ex, w, num_threads); break;
+      case TableKind::BF16: topk_packed_kind<TableKind::BF16>(t, n, H, kk, ex, w, num_threads); break;
+      default: topk_packed_kind<TableKind::I8>(t, n, H, kk, ex, w, num_threads); break;
+    }
+    return;
+  }
   const Index wbuf_size = t.kind == TableKind::F32 ? 0 : 64 * t.D;
   if (n < num_threads) {
     // few queries: split the items across threads, merge the per-thread heaps
