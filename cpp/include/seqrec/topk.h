@@ -18,6 +18,9 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -224,58 +227,103 @@ inline void widen16(const void* p, float* out) {
   }
 }
 
-// Scores of MQ queries for the 16 items of packed block b: out[q * 16 + l].
-template <TableKind KT, int MQ>
+// Loads the 16 weights of one dimension of a packed block as float packets. Reduced types are
+// widened with SIMD conversions where the build has them (exact: bf16 bits shifted, int8 -> int32
+// -> float), else through a small buffer.
+template <TableKind KT, class P, Index NP>
+inline void load16(const char* p, P* wv) {
+  constexpr Index PS = Eigen::internal::unpacket_traits<P>::size;
+  if constexpr (KT == TableKind::F32) {
+    for (Index v = 0; v < NP; ++v) wv[v] = Eigen::internal::ploadu<P>(reinterpret_cast<const float*>(p) + v * PS);
+#if defined(__AVX512F__)
+  } else if constexpr (PS == 16 && KT == TableKind::BF16) {
+    const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    wv[0] = _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+  } else if constexpr (PS == 16 && KT == TableKind::I8) {
+    wv[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#endif
+#if defined(__AVX2__)
+  } else if constexpr (PS == 8 && KT == TableKind::BF16) {
+    for (Index v = 0; v < 2; ++v) {
+      const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + v * 16)));
+      wv[v] = _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+    }
+  } else if constexpr (PS == 8 && KT == TableKind::I8) {
+    for (Index v = 0; v < 2; ++v) {
+      wv[v] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + v * 8))));
+    }
+#endif
+  } else {
+    alignas(64) float w[PACK];
+    widen16<KT>(p, w);
+    for (Index v = 0; v < NP; ++v) wv[v] = Eigen::internal::ploadu<P>(w + v * PS);
+  }
+}
+
+// Scores of MQ queries for the MB·16 items of packed blocks [b, b + MB): out[q * MB·16 + l].
+// MQ·MB·NP independent accumulators hide the FMA latency; each item's sum still runs over d in
+// order, so a score does not depend on MQ or MB.
+template <TableKind KT, int MQ, int MB>
 inline void score_block(const ItemTable& t, Index b, const float* const* h, float* out) {
   using P = typename Eigen::internal::packet_traits<float>::type;
   constexpr Index PS = Eigen::internal::unpacket_traits<P>::size;
   constexpr Index NP = PACK / PS;
   static_assert(PACK % PS == 0, "packet size must divide 16");
   const Index D = t.D;
-  const std::size_t esz = KT == TableKind::F32 ? 4 : (KT == TableKind::BF16 ? 2 : 1);
-  const char* base = static_cast<const char*>(t.data) + std::size_t(b) * D * PACK * esz;
-  P acc[MQ][NP];
+  constexpr std::size_t esz = KT == TableKind::F32 ? 4 : (KT == TableKind::BF16 ? 2 : 1);
+  const std::size_t bstride = std::size_t(D) * PACK * esz;
+  const char* base = static_cast<const char*>(t.data) + std::size_t(b) * bstride;
+  P acc[MQ][MB][NP];
   for (int q = 0; q < MQ; ++q)
-    for (Index v = 0; v < NP; ++v) acc[q][v] = Eigen::internal::pset1<P>(0.f);
-  alignas(64) float w[PACK];
+    for (int m = 0; m < MB; ++m)
+      for (Index v = 0; v < NP; ++v) acc[q][m][v] = Eigen::internal::pset1<P>(0.f);
   for (Index d = 0; d < D; ++d) {
-    const float* wp;
-    if constexpr (KT == TableKind::F32) {
-      wp = reinterpret_cast<const float*>(base) + d * PACK;
-    } else {
-      widen16<KT>(base + std::size_t(d) * PACK * esz, w);
-      wp = w;
-    }
-    P wv[NP];
-    for (Index v = 0; v < NP; ++v) wv[v] = Eigen::internal::ploadu<P>(wp + v * PS);
+    P wv[MB][NP];
+    for (int m = 0; m < MB; ++m) load16<KT, P, NP>(base + m * bstride + std::size_t(d) * PACK * esz, wv[m]);
     for (int q = 0; q < MQ; ++q) {
       const P hv = Eigen::internal::pset1<P>(h[q][d]);
-      for (Index v = 0; v < NP; ++v) acc[q][v] = Eigen::internal::pmadd(hv, wv[v], acc[q][v]);
+      for (int m = 0; m < MB; ++m)
+        for (Index v = 0; v < NP; ++v) acc[q][m][v] = Eigen::internal::pmadd(hv, wv[m][v], acc[q][m][v]);
     }
   }
   for (int q = 0; q < MQ; ++q)
-    for (Index v = 0; v < NP; ++v) Eigen::internal::pstoreu(out + q * PACK + v * PS, acc[q][v]);
+    for (int m = 0; m < MB; ++m)
+      for (Index v = 0; v < NP; ++v)
+        Eigen::internal::pstoreu(out + q * MB * PACK + m * PACK + v * PS, acc[q][m][v]);
 }
 
 // Offers the scores of packed blocks [b0, b1) for MQ queries to their heaps.
 template <TableKind KT, int MQ>
 void scan_packed(const ItemTable& t, const float* const* h, Index b0, Index b1, TopKHeap** heaps,
                  const std::int32_t** ex, const std::int32_t* const* ex_end) {
-  alignas(64) float sc[MQ * PACK];
-  for (Index b = b0; b < b1; ++b) {
-    score_block<KT, MQ>(t, b, h, sc);
-    const Index j0 = b * PACK, m = std::min(PACK, t.N - j0);
+  // one query: 4 blocks per pass; several queries: their own accumulators suffice
+  constexpr int MB = MQ == 1 ? 4 : 1;
+  alignas(64) float sc[MQ * MB * PACK];
+  for (Index b = b0; b < b1; b += MB) {
+    const Index mb = std::min<Index>(MB, b1 - b);
+    if (mb == MB) {
+      score_block<KT, MQ, MB>(t, b, h, sc);
+    } else {
+      float one[MQ * PACK];
+      for (Index m = 0; m < mb; ++m) {
+        score_block<KT, MQ, 1>(t, b + m, h, one);
+        for (int q = 0; q < MQ; ++q)
+          std::copy(one + q * PACK, one + (q + 1) * PACK, sc + q * MB * PACK + m * PACK);
+      }
+    }
+    const Index j0 = b * PACK, m = std::min(mb * PACK, t.N - j0);
     for (int q = 0; q < MQ; ++q) {
-      const float thr = heaps[q]->threshold();
+      float thr = heaps[q]->threshold();
       for (Index l = 0; l < m; ++l) {
         const Index j = j0 + l;
-        float s = sc[q * PACK + l];
+        float s = sc[q * MB * PACK + l];
         if constexpr (KT == TableKind::I8) s *= t.scales[j];
         s += t.bias[j];
         if (!(s >= thr)) continue;  // cannot enter (also drops NaN); exclusions checked after
         while (ex[q] != ex_end[q] && *ex[q] < j) ++ex[q];
         if (ex[q] != ex_end[q] && *ex[q] == j) continue;
         heaps[q]->offer(s, static_cast<std::int32_t>(j));
+        thr = heaps[q]->threshold();
       }
     }
   }
