@@ -1,0 +1,432 @@
+"""HTTP serving of a :class:`~seqrec_fast.serving.Recommender` (DESIGN.md §3.5): Starlette + uvicorn.
+
+Needs the optional extra ``seqrec-fast[serve]`` (starlette, uvicorn); the core package never imports
+this module. Start it with ``seqrec serve MODEL`` or build the ASGI app with :func:`create_app`.
+
+Endpoints (JSON in and out; errors are ``{"error": "..."}`` with a 4xx status):
+
+- ``POST /v1/sessions/{session_id}/events`` ``{"item_id": ..., "k": 20}`` →
+  ``{"session_id": ..., "items": [...], "scores": [...]}``: advance the session, return its top k.
+- ``POST /v1/recommend`` ``{"items": [...], "k": 20, "exclude_seen": null}`` →
+  ``{"items": [...], "scores": [...]}``: stateless, on a whole prefix.
+- ``DELETE /v1/sessions/{session_id}`` → ``{"session_id": ..., "deleted": true|false}``
+- ``GET /healthz`` → ``{"status": "ok", ...}``
+- ``GET /metrics``: Prometheus text exposition (request counts by endpoint, method and status; a
+  latency histogram by endpoint; live sessions; store evictions / expirations / bytes).
+
+Status codes: 400 malformed JSON, a body that is not an object, a wrong type, a too long session id;
+413 a body over ``max_body_bytes``; 422 ``k`` outside [1, min(n_items, max_k)], an empty or too long
+prefix, or an unknown item under ``unknown_item='raise'``; 404 / 405 unknown path or method; 500
+(JSON, logged) for a bug, which never takes the worker down.
+
+Threads: each kernel call runs in one process-wide thread pool (``loop.run_in_executor``) so the
+event loop is never blocked; the pool has ``max_concurrency`` threads (default: available cores //
+kernel threads), so a process keeps one pool of busy threads and excess requests queue.
+
+Sessions live in the process that served them. With ``--workers N > 1`` the OS spreads connections
+over N processes, each with its own store: the events of one session must then reach the same
+worker (one keep-alive connection per session stream, or a sticky load balancer), otherwise the
+session's state is split.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .serving import Recommender, UnknownItemError
+
+__all__ = ["Metrics", "app_from_env", "create_app", "serve"]
+
+log = logging.getLogger("seqrec_fast.server")
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_MAX_K = 1000
+DEFAULT_MAX_PREFIX = 1000
+MAX_ID_CHARS = 256
+ENV_CONFIG = "SEQREC_SERVE_CONFIG"
+
+_ROUTES = (
+    (re.compile(r"^/v1/sessions/[^/]+/events$"), "/v1/sessions/{session_id}/events"),
+    (re.compile(r"^/v1/sessions/[^/]+$"), "/v1/sessions/{session_id}"),
+    (re.compile(r"^/v1/recommend$"), "/v1/recommend"),
+    (re.compile(r"^/healthz$"), "/healthz"),
+    (re.compile(r"^/metrics$"), "/metrics"),
+)
+
+
+def _endpoint_label(path: str) -> str:
+    for pattern, label in _ROUTES:
+        if pattern.match(path):
+            return label
+    return "other"  # bounded label cardinality: unknown paths share one label
+
+
+# ---------------------------------------------------------------------------------------------------
+# metrics (Prometheus text format 0.0.4, written here: no extra dependency)
+# ---------------------------------------------------------------------------------------------------
+class Metrics:
+    """Request counters and a latency histogram, rendered in the Prometheus text format."""
+
+    BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+               1.0, 2.5, 5.0)
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.hist: dict[str, list] = {}  # endpoint -> [bucket counts..., +Inf count, sum]
+
+    def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        with self._lock:
+            key = (endpoint, method, status)
+            self.requests[key] = self.requests.get(key, 0) + 1
+            h = self.hist.get(endpoint)
+            if h is None:
+                h = self.hist[endpoint] = [0] * (len(self.BUCKETS) + 1) + [0.0]
+            h[bisect.bisect_left(self.BUCKETS, seconds)] += 1
+            h[-1] += seconds
+
+    def render(self, stats: dict) -> str:
+        def esc(v: str) -> str:
+            return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+        lines = [
+            "# HELP seqrec_http_requests_total HTTP requests by endpoint, method and status.",
+            "# TYPE seqrec_http_requests_total counter",
+        ]
+        with self._lock:
+            requests = sorted(self.requests.items())
+            hist = {k: list(v) for k, v in sorted(self.hist.items())}
+        for (ep, method, status), n in requests:
+            lines.append(f'seqrec_http_requests_total{{endpoint="{esc(ep)}",method="{esc(method)}",'
+                         f'status="{status}"}} {n}')
+        lines += [
+            "# HELP seqrec_http_request_duration_seconds Time from request start to response end.",
+            "# TYPE seqrec_http_request_duration_seconds histogram",
+        ]
+        for ep, h in hist.items():
+            cum = 0
+            for le, n in zip(self.BUCKETS, h):
+                cum += n
+                lines.append(f'seqrec_http_request_duration_seconds_bucket{{endpoint="{esc(ep)}",'
+                             f'le="{le:g}"}} {cum}')
+            cum += h[len(self.BUCKETS)]
+            lines.append(f'seqrec_http_request_duration_seconds_bucket{{endpoint="{esc(ep)}",'
+                         f'le="+Inf"}} {cum}')
+            lines.append(f'seqrec_http_request_duration_seconds_sum{{endpoint="{esc(ep)}"}} {h[-1]!r}')
+            lines.append(f'seqrec_http_request_duration_seconds_count{{endpoint="{esc(ep)}"}} {cum}')
+        gauges = (
+            ("seqrec_live_sessions", "gauge", "Sessions in the state store.", stats["sessions"]),
+            ("seqrec_session_store_bytes", "gauge", "State bytes held by the session store.",
+             stats["bytes"]),
+            ("seqrec_session_evictions_total", "counter", "Sessions evicted by the LRU bound.",
+             stats["evictions"]),
+            ("seqrec_session_expirations_total", "counter", "Sessions expired by the TTL.",
+             stats["expirations"]),
+            ("seqrec_items", "gauge", "Items in the model's catalogue.", stats["n_items"]),
+        )
+        for name, kind, help_, value in gauges:
+            lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        return "\n".join(lines) + "\n"
+
+
+class _Instrument:
+    """Pure ASGI middleware: times and counts every HTTP request, and turns an exception that escaped a
+    handler into a logged JSON 500 (the worker keeps running)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        state = {"status": 500, "started": False}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            state["status"] = 500
+            if not state["started"]:
+                body = b'{"error": "internal server error"}'
+                await send({"type": "http.response.start", "status": 500,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+        finally:
+            self.metrics.observe(_endpoint_label(scope.get("path", "")), scope.get("method", ""),
+                                 state["status"], time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# request handling
+# ---------------------------------------------------------------------------------------------------
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _read_json(request: Request, limit: int) -> dict:
+    cl = request.headers.get("content-length")
+    if cl is not None:
+        try:
+            n = int(cl)
+        except ValueError:
+            raise _BadRequest(400, f"invalid Content-Length {cl!r}") from None
+        if n > limit:
+            raise _BadRequest(413, f"request body of {n} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _BadRequest(413, f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise _BadRequest(400, "the client disconnected before sending the whole body") from None
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise _BadRequest(400, "empty request body; expected a JSON object")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _BadRequest(400, f"malformed JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise _BadRequest(400, f"the body must be a JSON object; got {type(body).__name__}")
+    return body
+
+
+def _check_item(value: Any, where: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _BadRequest(400, f"{where} must be an integer or a string; got {json.dumps(value)[:80]}")
+    if isinstance(value, str) and len(value) > MAX_ID_CHARS:
+        raise _BadRequest(400, f"{where} is longer than {MAX_ID_CHARS} characters")
+    return value
+
+
+def _check_k(body: dict, max_k: int) -> int:
+    k = body.get("k", 20)
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise _BadRequest(400, f"k must be an integer; got {json.dumps(k)[:80]}")
+    if not 1 <= k <= max_k:
+        raise _BadRequest(422, f"k must be in [1, {max_k}]; got {k}")
+    return k
+
+
+def _check_keys(body: dict, allowed: set) -> None:
+    extra = sorted(set(body) - allowed)
+    if extra:
+        raise _BadRequest(400, f"unexpected field(s) {extra}; allowed: {sorted(allowed)}")
+
+
+def _payload(ids, scores) -> tuple[list, list]:
+    return ids.tolist(), [float(s) for s in scores.tolist()]
+
+
+def create_app(
+    recommender: Recommender,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_k: int = DEFAULT_MAX_K,
+    max_prefix: int = DEFAULT_MAX_PREFIX,
+    max_concurrency: Optional[int] = None,
+) -> Starlette:
+    """The ASGI application serving ``recommender``.
+
+    Parameters
+    ----------
+    recommender : Recommender
+    max_body_bytes : int
+        Larger request bodies get 413.
+    max_k : int
+        Largest k accepted (also capped at the catalogue size).
+    max_prefix : int
+        Longest item list accepted by ``/v1/recommend``.
+    max_concurrency : int, optional
+        Kernel calls running at once in the threadpool (default: available cores // kernel threads).
+    """
+    rec = recommender
+    k_max = max(1, min(int(max_k), rec.n_items))
+    if max_concurrency is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cores = os.cpu_count() or 1
+        max_concurrency = max(1, cores // rec.num_threads)
+    metrics = Metrics()
+    # One pool per process for the kernel calls (DESIGN.md §3.5). A plain executor: measured on the
+    # 2-core box, anyio.to_thread.run_sync cost ~80 µs more per request than run_in_executor.
+    pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="seqrec-kernel")
+
+    async def run(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        try:
+            yield
+        finally:
+            pool.shutdown(wait=False)
+
+    def session_id_of(request: Request) -> str:
+        sid = request.path_params["session_id"]
+        if not sid or len(sid) > MAX_ID_CHARS:
+            raise _BadRequest(400, f"session_id must have 1 to {MAX_ID_CHARS} characters")
+        return sid
+
+    def handler(fn):
+        async def wrapped(request: Request):
+            try:
+                return await fn(request)
+            except _BadRequest as e:
+                return _error(e.status, e.message)
+            except UnknownItemError as e:
+                return _error(422, str(e))
+
+        wrapped.__name__ = fn.__name__
+        return wrapped
+
+    @handler
+    async def post_event(request: Request):
+        sid = session_id_of(request)
+        body = await _read_json(request, max_body_bytes)
+        _check_keys(body, {"item_id", "k"})
+        if "item_id" not in body:
+            raise _BadRequest(400, "missing field 'item_id'")
+        item = _check_item(body["item_id"], "item_id")
+        k = _check_k(body, k_max)
+        ids, scores = await run(rec.recommend, sid, item, k)
+        items, sc = _payload(ids, scores)
+        return JSONResponse({"session_id": sid, "items": items, "scores": sc})
+
+    @handler
+    async def post_recommend(request: Request):
+        body = await _read_json(request, max_body_bytes)
+        _check_keys(body, {"items", "k", "exclude_seen"})
+        items = body.get("items")
+        if not isinstance(items, list):
+            raise _BadRequest(400, "'items' must be a JSON array of item ids")
+        if not items:
+            raise _BadRequest(422, "'items' is empty; give at least one item of the session")
+        if len(items) > max_prefix:
+            raise _BadRequest(422, f"'items' has {len(items)} ids; at most {max_prefix} are accepted")
+        for i, it in enumerate(items):
+            _check_item(it, f"items[{i}]")
+        k = _check_k(body, k_max)
+        ex = body.get("exclude_seen")
+        if ex is not None and not isinstance(ex, bool):
+            raise _BadRequest(400, "exclude_seen must be true, false or null")
+        ids, scores = await run(rec.predict_next, items, k, ex)
+        out_items, sc = _payload(ids, scores)
+        return JSONResponse({"items": out_items, "scores": sc})
+
+    @handler
+    async def delete_session(request: Request):
+        sid = session_id_of(request)
+        return JSONResponse({"session_id": sid, "deleted": rec.reset(sid)})
+
+    async def healthz(request: Request):
+        return JSONResponse({"status": "ok", "n_items": rec.n_items, "sessions": len(rec.store),
+                             "precision": rec.precision, "kernel": rec.kernel})
+
+    async def metrics_endpoint(request: Request):
+        return Response(metrics.render(rec.stats()),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def http_error(request: Request, exc: HTTPException):
+        msg = {404: f"no such endpoint: {request.url.path}",
+               405: f"method {request.method} not allowed on {request.url.path}"}.get(
+            exc.status_code, str(exc.detail))
+        return JSONResponse({"error": msg}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    routes = [
+        Route("/v1/sessions/{session_id}/events", post_event, methods=["POST"]),
+        Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
+        Route("/v1/recommend", post_recommend, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, middleware=[Middleware(_Instrument, metrics=metrics)],
+                    exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app.state.recommender = rec
+    app.state.metrics = metrics
+    return app
+
+
+# ---------------------------------------------------------------------------------------------------
+# process entry points
+# ---------------------------------------------------------------------------------------------------
+_RECOMMENDER_KEYS = ("max_sessions", "ttl_seconds", "exclude_seen", "unknown_item", "precision",
+                     "num_threads")
+_APP_KEYS = ("max_body_bytes", "max_k", "max_prefix", "max_concurrency")
+
+
+def _app_from_config(config: dict) -> Starlette:
+    from .model import SessionRNN
+
+    model = SessionRNN.load(config["model"])
+    rec = Recommender(model, **{k: config[k] for k in _RECOMMENDER_KEYS if k in config})
+    return create_app(rec, **{k: config[k] for k in _APP_KEYS if config.get(k) is not None})
+
+
+def app_from_env() -> Starlette:
+    """App factory for uvicorn workers: reads the JSON configuration in ``$SEQREC_SERVE_CONFIG``."""
+    raw = os.environ.get(ENV_CONFIG)
+    if not raw:
+        raise RuntimeError(f"${ENV_CONFIG} is not set; start the server with 'seqrec serve MODEL'")
+    return _app_from_config(json.loads(raw))
+
+
+def serve(model: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          log_level: str = "info", access_log: bool = False, **options) -> None:
+    """Load ``model`` and serve it with uvicorn until interrupted.
+
+    ``options``: the Recommender's ``max_sessions``, ``ttl_seconds``, ``exclude_seen``,
+    ``unknown_item``, ``precision``, ``num_threads`` and :func:`create_app`'s ``max_body_bytes``,
+    ``max_k``, ``max_prefix``, ``max_concurrency``. Each worker process loads the model itself.
+    """
+    import uvicorn
+
+    unknown = set(options) - set(_RECOMMENDER_KEYS) - set(_APP_KEYS)
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)}")
+    config = {"model": os.path.abspath(os.fspath(model)), **options}
+    common = dict(host=host, port=port, log_level=log_level, access_log=access_log)
+    if workers > 1:
+        _app_from_config(config)  # fail here, once, with a clear error, before forking workers
+        os.environ[ENV_CONFIG] = json.dumps(config)
+        uvicorn.run("seqrec_fast.server:app_from_env", factory=True, workers=workers, **common)
+    else:
+        uvicorn.run(_app_from_config(config), **common)
