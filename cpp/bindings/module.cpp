@@ -963,7 +963,7 @@ const std::int32_t* parse_exclude(const Args& args, py::handle ex_, Index n, Ind
   return index_array(args, e, "exclude", {n, m}, "(n, m)", -1, static_cast<std::int32_t>(N), keep);
 }
 
-py::tuple topk_run(const Args& args, const seqrec::ItemTable& t, const float* H, Index n, Index k,
+py::tuple topk_run(const seqrec::ItemTable& t, const float* H, Index n, Index k,
                    const std::int32_t* ex, Index m, int nt) {
   const Index kk = std::min(k, t.N);
   py::array_t<std::int32_t> idx({n, kk});
@@ -973,7 +973,6 @@ py::tuple topk_run(const Args& args, const seqrec::ItemTable& t, const float* H,
     seqrec::FlushDenormals ftz;
     seqrec::topk_scores(t, n, H, k, ex, m, idx.mutable_data(), sc.mutable_data(), nt);
   }
-  (void)args;
   return py::make_tuple(idx, sc);
 }
 
@@ -999,7 +998,7 @@ py::tuple topk(py::object H_, py::object W_y, py::object b_y, py::object k_, py:
   auto t = parse_table(a, W_y, scales, b_y, D, keep);
   Index m;
   const std::int32_t* ex = parse_exclude(a, exclude, n, t.N, m, keep);
-  return topk_run(a, t, cptr<float>(H), n, k, ex, m, nt);
+  return topk_run(t, cptr<float>(H), n, k, ex, m, nt);
 }
 
 template <Cell K>
