@@ -162,3 +162,17 @@ def test_step_topk_with_packed_reduced_table(rng, cell):
                       [x.copy() for x in c] if c else None, items, 7, None, q, scales)
     np.testing.assert_array_equal(a[0], r[0])
     np.testing.assert_allclose(a[1], r[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_nan_scores_are_never_recommended(rng, packed):
+    N, D = 200, 8
+    H = rng.normal(size=(2, D)).astype(np.float32)
+    W = rng.normal(size=(N, D)).astype(np.float32)
+    b = np.zeros(N, np.float32)
+    b[:70] = np.nan  # the whole first packed blocks are NaN
+    table = _core.pack_table(W) if packed else W
+    idx, sc = _core.topk(H, table, b, 10)
+    assert np.all(idx >= 70) and np.all(np.isfinite(sc))
+    oi, _ = oracle(H, W[70:], b[70:], 10)
+    np.testing.assert_array_equal(idx, oi + 70)

@@ -313,16 +313,23 @@ void scan_packed(const ItemTable& t, const float* const* h, Index b0, Index b1, 
     }
     const Index j0 = b * PACK, m = std::min(mb * PACK, t.N - j0);
     for (int q = 0; q < MQ; ++q) {
+      float* s = sc + q * MB * PACK;
+      // final scores first (a loop the compiler vectorises), then a cheap scan for candidates
+      if constexpr (KT == TableKind::I8) {
+        for (Index l = 0; l < m; ++l) s[l] = s[l] * t.scales[j0 + l] + t.bias[j0 + l];
+      } else {
+        for (Index l = 0; l < m; ++l) s[l] += t.bias[j0 + l];
+      }
       float thr = heaps[q]->threshold();
+      float best = -INFINITY;  // NaN scores never raise it
+      for (Index l = 0; l < m; ++l) best = s[l] > best ? s[l] : best;
+      if (!(best >= thr)) continue;  // nothing in these blocks can enter (NaN-safe)
       for (Index l = 0; l < m; ++l) {
+        if (!(s[l] >= thr)) continue;  // cannot enter (also drops NaN); exclusions checked after
         const Index j = j0 + l;
-        float s = sc[q * MB * PACK + l];
-        if constexpr (KT == TableKind::I8) s *= t.scales[j];
-        s += t.bias[j];
-        if (!(s >= thr)) continue;  // cannot enter (also drops NaN); exclusions checked after
         while (ex[q] != ex_end[q] && *ex[q] < j) ++ex[q];
         if (ex[q] != ex_end[q] && *ex[q] == j) continue;
-        heaps[q]->offer(s, static_cast<std::int32_t>(j));
+        heaps[q]->offer(s[l], static_cast<std::int32_t>(j));
         thr = heaps[q]->threshold();
       }
     }
