@@ -131,13 +131,28 @@ def test_rsc15_protocol_properties(protocol: str) -> None:
         train["SessionId"]
     )
     if protocol == "rsc15-2023":
-        # support >= 5 holds before the split (filtering precedes it); sessions stay >= 2 after it
+        # official 2023 split: test = sessions starting in the last day; train = events before it
         assert train.groupby("SessionId").size().min() >= 2
-        s = train.sort_values(["SessionId", "Time"])
-        same = (s["SessionId"].to_numpy()[1:] == s["SessionId"].to_numpy()[:-1]) & (
-            s["ItemId"].to_numpy()[1:] == s["ItemId"].to_numpy()[:-1]
-        )
-        assert not same.any()
+        assert test.groupby("SessionId")["Time"].min().min() >= tmax - DAY
+        assert train["Time"].max() < tmax - DAY
+
+
+def test_rsc15_2023_removes_repeats_before_filtering_and_cuts_straddling_sessions() -> None:
+    # items a..e have support >= 5 through sessions 10..14; session 1 has a repeat, session 2
+    # straddles the test boundary, session 3 starts inside the last day
+    rows = []
+    for s in range(10, 15):
+        rows += [(s, it, 100.0 * s + k) for k, it in enumerate("abcde")]
+    t_end = 10 * DAY
+    rows += [(1, "a", 5000.0), (1, "a", 5001.0), (1, "b", 5002.0)]
+    rows += [(2, "c", t_end - DAY - 100), (2, "d", t_end - DAY - 50), (2, "e", t_end - 10)]
+    rows += [(3, "a", t_end - 500), (3, "b", t_end)]
+    sp = prepare(frame(rows), "rsc15-2023", test_days=1, valid_days=1)
+    train, test = sp["train_full"], sp["test"]
+    s1 = train[train["SessionId"] == 1]["ItemId"].tolist()
+    assert s1 == ["a", "b"]  # the repeat was removed
+    assert train[train["SessionId"] == 2]["ItemId"].tolist() == ["c", "d"]  # cut at the boundary
+    assert set(test["SessionId"]) == {3}
 
 
 def test_prepare_needs_times() -> None:

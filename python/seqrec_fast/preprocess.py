@@ -12,14 +12,19 @@ Protocols (``D`` = ``test_days``, one day = 86,400 s):
   5. drop test events whose item is not in train, then test sessions shorter than 2; 6. the same split
   applied to train gives ``train_tr`` / ``train_valid``.
 
-``rsc15-2023`` -- the preprocessing used with the official GRU4Rec PyTorch/Theano code in Hidasi &
-  Czapp (RecSys 2023): 1. remove consecutive duplicate items inside a session; 2. filter items with support
-  < 5 and sessions shorter than 2 *iteratively*; steps 1-2 are repeated until nothing changes (filtering
-  can create new consecutive duplicates); 3.-6. as above (split by session end time; unknown test items
-  dropped, then test sessions shorter than 2).
+``rsc15-2023`` -- the preprocessing of Hidasi & Czapp (RecSys 2023), as in their published scripts
+  (``hidasib/gru4rec_third_party_comparison``, ``*_preproc.py``): 1. remove consecutive duplicate items
+  inside a session (once); 2. drop sessions of length 1 and items with support < 5, *iterated* until
+  nothing changes; 3. time split at ``b = Time_max - D*86400``: test = the sessions that *start* at or
+  after b; train = the *events* before b (a session straddling b keeps its early events in train and is
+  not in test), then train sessions shorter than 2 dropped; 4. validation: the same inside train with the
+  boundary D days earlier (session starts judged on the full data); 5. unknown test (validation) items
+  dropped, then sessions shorter than 2 (the published scripts leave this to the evaluation).
+  ``split_by`` does not apply.
 
 Either protocol may start with :func:`sessionize` (``session_gap``) to cut a user log into sessions at idle
-gaps longer than the gap. ``split_by="start"`` assigns sessions by their first event instead of their last.
+gaps longer than the gap. For ``rsc15-2015``, ``split_by="start"`` assigns sessions by their first event
+instead of their last.
 
 ``loo`` -- leave-one-out for user histories: per user, the last item is the test target and the
 second-to-last the validation target (users need >= 2 events for a test target and >= 3 for a
@@ -218,24 +223,48 @@ def _rsc15(
     if session_gap is not None:
         df = sessionize(df, session_gap)[list(_COLS)]
     if protocol == "rsc15-2023":
-        # Filtering can make new neighbours equal (a x a -> a a), so repeat until nothing changes.
-        for _ in range(100):
-            n = len(df)
-            df = remove_consecutive_duplicates(df)
-            df = filter_sessions_items(df, min_item_support, min_session_length, iterate=True)
-            if len(df) == n:
-                break
+        # As the official 2023 scripts (hidasib/gru4rec_third_party_comparison, *_preproc.py):
+        # consecutive repeats removed once, then session-length and item-support filters iterated
+        # until nothing changes.
+        df = remove_consecutive_duplicates(df)
+        df = filter_sessions_items(df, min_item_support, min_session_length, iterate=True)
     else:
         df = filter_sessions_items(df, min_item_support, min_session_length, iterate=False)
     if len(df) == 0:
         raise ValueError(
             "no events left after filtering; lower --min-item-support / --min-session-length"
         )
-    train, test = split_by_time(df, test_days, split_by)
+    if protocol == "rsc15-2023":
+        train, test, train_tr, valid = _split_2023(df, test_days, valid_days, min_session_length)
+    else:
+        train, test = split_by_time(df, test_days, split_by)
+        train_tr, valid = split_by_time(train, valid_days, split_by)
     test = drop_unknown_items(test, train, min_session_length)
-    train_tr, valid = split_by_time(train, valid_days, split_by)
     valid = drop_unknown_items(valid, train_tr, min_session_length)
     return {"train_full": train, "test": test, "train_tr": train_tr, "train_valid": valid}
+
+
+def _split_2023(df: pd.DataFrame, test_days: float, valid_days: float, min_session_length: int):
+    """The 2023 time split: test = sessions *starting* in the last ``test_days``; train = the events
+    before that boundary (a session that straddles it keeps its early events in train and is not in
+    test), minus sessions left too short. Validation repeats this inside train with the boundary
+    ``valid_days`` earlier, still judging session starts on the full data."""
+    if not test_days > 0 or not valid_days > 0:
+        raise ValueError(f"test_days and valid_days must be positive, got {test_days!r}, {valid_days!r}")
+    tmax = float(df["Time"].max())
+    start = df.groupby("SessionId", sort=False)["Time"].transform("min").to_numpy()
+    t = df["Time"].to_numpy()
+    b1 = tmax - test_days * DAY
+    b2 = b1 - valid_days * DAY
+    test = df[start >= b1]
+    train_mask = t < b1
+    train = _session_length_filter(df[train_mask], min_session_length)
+    start_tr = start[train_mask][df[train_mask]["SessionId"].isin(pd.unique(train["SessionId"])).to_numpy()]
+    t_tr = train["Time"].to_numpy()
+    valid = train[start_tr >= b2]
+    train_tr = _session_length_filter(train[t_tr < b2], min_session_length)
+    return (train.reset_index(drop=True), test.reset_index(drop=True),
+            train_tr.reset_index(drop=True), valid.reset_index(drop=True))
 
 
 def leave_one_out(data: SessionData) -> dict[str, pd.DataFrame]:
