@@ -24,6 +24,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <type_traits>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -336,37 +337,43 @@ void scan_packed(const ItemTable& t, const float* const* h, Index b0, Index b1, 
   }
 }
 
-template <TableKind KT>
-void topk_packed_kind(const ItemTable& t, Index n, const float* H, Index kk,
-                      const std::vector<std::vector<std::int32_t>>& ex,
-                      const std::function<void(Index, std::vector<std::pair<float, std::int32_t>>&)>& write,
-                      int num_threads) {
-  const Index nb = (t.N + PACK - 1) / PACK;
+// The parallel structure shared by both table layouts. `units` are what a scan walks (items for
+// row-major tables, 16-item blocks for packed ones; `unit` items each). scan(q_count, h, u0, u1,
+// heaps, ex, ex_end, scratch) offers units [u0, u1) of MQ = q_count ∈ {1, 4} queries to their heaps.
+template <class Scan>
+void topk_drive(Index n, Index units, Index unit, Index D, const float* H, Index kk,
+                const std::vector<std::vector<std::int32_t>>& ex,
+                const std::function<void(Index, std::vector<std::pair<float, std::int32_t>>&)>& write,
+                int num_threads, Scan&& scan) {
+  using Cands = std::vector<std::pair<float, std::int32_t>>;
   if (n < num_threads) {
+    // few queries: split the units across threads, merge the per-thread heaps
     for (Index q = 0; q < n; ++q) {
-      const int p = static_cast<int>(std::min<Index>(num_threads, std::max<Index>(1, nb / 64)));
-      std::vector<std::vector<std::pair<float, std::int32_t>>> parts(static_cast<size_t>(p));
+      const int p = static_cast<int>(std::min<Index>(num_threads, std::max<Index>(1, units * unit / 1024)));
+      std::vector<Cands> parts(static_cast<size_t>(p));
       parallel_for(p, p, [&](Index a0, Index a1) {
+        std::vector<float> scratch;
         for (Index a = a0; a < a1; ++a) {
-          const Index bb0 = a * nb / p, bb1 = (a + 1) * nb / p;
+          const Index u0 = a * units / p, u1 = (a + 1) * units / p;
           TopKHeap heap(kk);
           TopKHeap* hp = &heap;
-          const float* hq = H + q * t.D;
+          const float* hq = H + q * D;
           const std::int32_t* e0 = std::lower_bound(ex[q].data(), ex[q].data() + ex[q].size(),
-                                                    std::int32_t(bb0 * PACK));
+                                                    std::int32_t(u0 * unit));
           const std::int32_t* ee = ex[q].data() + ex[q].size();
-          scan_packed<KT, 1>(t, &hq, bb0, bb1, &hp, &e0, &ee);
+          scan(1, &hq, u0, u1, &hp, &e0, &ee, scratch);
           parts[a] = std::move(heap.items());
         }
       });
-      std::vector<std::pair<float, std::int32_t>> all;
+      Cands all;
       for (auto& v : parts) all.insert(all.end(), v.begin(), v.end());
       write(q, all);
     }
     return;
   }
-  const Index groups = (n + 3) / 4;
-  parallel_for(groups, num_threads, [&](Index g0, Index g1) {
+  // a batch: parallel over groups of 4 queries, each group streams the table once
+  parallel_for((n + 3) / 4, num_threads, [&](Index g0, Index g1) {
+    std::vector<float> scratch;
     for (Index g = g0; g < g1; ++g) {
       const Index q0 = g * 4, mq = std::min<Index>(4, n - q0);
       std::vector<TopKHeap> heaps;
@@ -377,13 +384,13 @@ void topk_packed_kind(const ItemTable& t, Index n, const float* H, Index kk,
       const std::int32_t* ee[4];
       for (Index q = 0; q < mq; ++q) {
         heaps.emplace_back(kk);
-        hq[q] = H + (q0 + q) * t.D;
+        hq[q] = H + (q0 + q) * D;
         e0[q] = ex[q0 + q].data();
         ee[q] = ex[q0 + q].data() + ex[q0 + q].size();
       }
       for (Index q = 0; q < mq; ++q) hp[q] = &heaps[q];
-      if (mq == 4) scan_packed<KT, 4>(t, hq, 0, nb, hp, e0, ee);
-      else for (Index q = 0; q < mq; ++q) scan_packed<KT, 1>(t, hq + q, 0, nb, hp + q, e0 + q, ee + q);
+      if (mq == 4) scan(4, hq, 0, units, hp, e0, ee, scratch);
+      else for (Index q = 0; q < mq; ++q) scan(1, hq + q, 0, units, hp + q, e0 + q, ee + q, scratch);
       for (Index q = 0; q < mq; ++q) write(q0 + q, heaps[q].items());
     }
   });
@@ -401,75 +408,43 @@ inline void topk_scores(const ItemTable& t, Index n, const float* H, Index k,
       std::sort(ex[q].begin(), ex[q].end());
     }
   }
-  auto write = [&](Index q, std::vector<std::pair<float, std::int32_t>>& c) {
-    std::sort(c.begin(), c.end(), TopKHeap::better);
-    for (Index r = 0; r < kk; ++r) {
-      const bool ok = r < static_cast<Index>(c.size());
-      out_idx[q * kk + r] = ok ? c[r].second : -1;
-      out_sc[q * kk + r] = ok ? c[r].first : -INFINITY;
-    }
-  };
+  const std::function<void(Index, std::vector<std::pair<float, std::int32_t>>&)> write =
+      [&](Index q, std::vector<std::pair<float, std::int32_t>>& c) {
+        std::sort(c.begin(), c.end(), TopKHeap::better);
+        for (Index r = 0; r < kk; ++r) {
+          const bool ok = r < static_cast<Index>(c.size());
+          out_idx[q * kk + r] = ok ? c[r].second : -1;
+          out_sc[q * kk + r] = ok ? c[r].first : -INFINITY;
+        }
+      };
+  using Ex = const std::int32_t**;
+  using ExEnd = const std::int32_t* const*;
   if (t.packed) {
-    std::function<void(Index, std::vector<std::pair<float, std::int32_t>>&)> w = write;
+    const Index nb = (t.N + PACK - 1) / PACK;
+    auto run = [&](auto kind_tag) {
+      constexpr TableKind KT = decltype(kind_tag)::value;
+      topk_drive(n, nb, PACK, t.D, H, kk, ex, write, num_threads,
+                 [&](int mq, const float* const* h, Index u0, Index u1, TopKHeap** hp, Ex e0,
+                     ExEnd ee, std::vector<float>&) {
+                   if (mq == 4) scan_packed<KT, 4>(t, h, u0, u1, hp, e0, ee);
+                   else scan_packed<KT, 1>(t, h, u0, u1, hp, e0, ee);
+                 });
+    };
     switch (t.kind) {
-      case TableKind::F32: topk_packed_kind<TableKind::F32>(t, n, H, kk, ex, w, num_threads); break;
-      case TableKind::BF16: topk_packed_kind<TableKind::BF16>(t, n, H, kk, ex, w, num_threads); break;
-      default: topk_packed_kind<TableKind::I8>(t, n, H, kk, ex, w, num_threads); break;
+      case TableKind::F32: run(std::integral_constant<TableKind, TableKind::F32>{}); break;
+      case TableKind::BF16: run(std::integral_constant<TableKind, TableKind::BF16>{}); break;
+      default: run(std::integral_constant<TableKind, TableKind::I8>{}); break;
     }
     return;
   }
   const Index wbuf_size = t.kind == TableKind::F32 ? 0 : 64 * t.D;
-  if (n < num_threads) {
-    // few queries: split the items across threads, merge the per-thread heaps
-    for (Index q = 0; q < n; ++q) {
-      const int p = static_cast<int>(std::min<Index>(num_threads, std::max<Index>(1, t.N / 256)));
-      std::vector<std::vector<std::pair<float, std::int32_t>>> parts(static_cast<size_t>(p));
-      parallel_for(p, p, [&](Index a0, Index a1) {
-        std::vector<float> wbuf(static_cast<size_t>(wbuf_size));
-        for (Index a = a0; a < a1; ++a) {
-          const Index j0 = a * t.N / p, j1 = (a + 1) * t.N / p;
-          TopKHeap heap(kk);
-          TopKHeap* hp = &heap;
-          const float* hq = H + q * t.D;
-          const std::int32_t* e0 = std::lower_bound(ex[q].data(), ex[q].data() + ex[q].size(), std::int32_t(j0));
-          const std::int32_t* ee = ex[q].data() + ex[q].size();
-          scan_items<1>(t, &hq, j0, j1, &hp, &e0, &ee, wbuf);
-          parts[a] = std::move(heap.items());
-        }
-      });
-      std::vector<std::pair<float, std::int32_t>> all;
-      for (auto& v : parts) all.insert(all.end(), v.begin(), v.end());
-      write(q, all);
-    }
-    return;
-  }
-  // a batch: parallel over groups of 4 queries, each group streams the table once
-  const Index groups = (n + 3) / 4;
-  parallel_for(groups, num_threads, [&](Index g0, Index g1) {
-    std::vector<float> wbuf(static_cast<size_t>(wbuf_size));
-    for (Index g = g0; g < g1; ++g) {
-      const Index q0 = g * 4, mq = std::min<Index>(4, n - q0);
-      std::vector<TopKHeap> heaps;
-      heaps.reserve(4);
-      TopKHeap* hp[4];
-      const float* hq[4];
-      const std::int32_t* e0[4];
-      const std::int32_t* ee[4];
-      for (Index q = 0; q < mq; ++q) {
-        heaps.emplace_back(kk);
-        hq[q] = H + (q0 + q) * t.D;
-        e0[q] = ex[q0 + q].data();
-        ee[q] = ex[q0 + q].data() + ex[q0 + q].size();
-      }
-      for (Index q = 0; q < mq; ++q) hp[q] = &heaps[q];
-      if (mq == 4) {
-        scan_items<4>(t, hq, 0, t.N, hp, e0, ee, wbuf);
-      } else {
-        for (Index q = 0; q < mq; ++q) scan_items<1>(t, hq + q, 0, t.N, hp + q, e0 + q, ee + q, wbuf);
-      }
-      for (Index q = 0; q < mq; ++q) write(q0 + q, heaps[q].items());
-    }
-  });
+  topk_drive(n, t.N, 1, t.D, H, kk, ex, write, num_threads,
+             [&](int mq, const float* const* h, Index u0, Index u1, TopKHeap** hp, Ex e0, ExEnd ee,
+                 std::vector<float>& wbuf) {
+               wbuf.resize(static_cast<size_t>(wbuf_size));
+               if (mq == 4) scan_items<4>(t, h, u0, u1, hp, e0, ee, wbuf);
+               else scan_items<1>(t, h, u0, u1, hp, e0, ee, wbuf);
+             });
 }
 
 }  // namespace seqrec
