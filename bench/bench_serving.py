@@ -81,7 +81,7 @@ def summarize(rounds: list[list[float]]) -> dict:
     """p50/p90/p99 (µs) over all samples; the per-round p50s as the noise."""
     a = np.concatenate([np.asarray(r) for r in rounds]) * 1e6
     per_round = [float(np.percentile(np.asarray(r) * 1e6, 50)) for r in rounds]
-    return {"p50_us": float(np.percentile(a, 50)), "p90_us": float(np.percentile(a, 90)),
+    return {"p10_us": float(np.percentile(a, 10)), "p50_us": float(np.percentile(a, 50)), "p90_us": float(np.percentile(a, 90)),
             "p99_us": float(np.percentile(a, 99)), "mean_us": float(a.mean()), "n": int(a.size),
             "round_p50_us": per_round,
             "round_p50_spread": (max(per_round) - min(per_round)) / statistics.median(per_round)}

@@ -1,0 +1,726 @@
+"""``seqrec bench``: the comparison matrix (C++ core vs the NumPy reference vs PyTorch) in one command.
+
+Runs the repository's benchmark scripts (``bench/bench_kernels.py``, ``bench/bench_train.py``,
+``bench/bench_serving.py``; every case there is validated against the NumPy reference before it is
+timed) and writes, into ``--out`` (default ``bench/results/report/``):
+
+- ``records.jsonl``: one record per case and side (commit, date, CPU model, cores, the OpenMP / BLAS
+  thread pools seen by threadpoolctl, the thread count pinned on that side, sizes, dtype, median,
+  p10 / p90, repeats, speed-ups over NumPy and PyTorch);
+- ``report.md``: Markdown tables;
+- PNG plots (needs matplotlib: ``pip install 'seqrec-fast[bench]'``): training events/s against batch
+  size and hidden size, serving latency against catalogue size N (log axes), and the speed-ups.
+
+The benchmark scripts live in the repository (``bench/``), not in the installed package: they are found
+beside the package source, or with ``--bench-dir`` / ``$SEQREC_BENCH_DIR``.
+
+    seqrec bench --quick                      # < 2 minutes on 2 cores
+    seqrec bench --out /tmp/report --no-torch
+    python -m seqrec_fast.bench --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+__all__ = [
+    "find_bench_dir",
+    "environment",
+    "write_jsonl",
+    "render_markdown",
+    "write_plots",
+    "write_report",
+    "add_speedups",
+    "main",
+]
+
+EXIT_USAGE = 2
+DEFAULT_OUT = os.path.join("bench", "results", "report")
+WORKER_TAG = "@@seqrec_bench@@"
+
+# Training sweep: events/s against batch size (at H = 100) and against hidden size (at B = 32), in the
+# official GRU4Rec RSC15 setting otherwise (bench_train.SETTING: cross-entropy + logQ, n_sample 2048).
+TRAIN_BATCHES = (32, 128, 512)
+TRAIN_HIDDEN = (64, 100, 256)
+SERVING_SIZES_QUICK = (3_000, 40_000)
+SERVING_SIZES_FULL = (3_000, 40_000, 100_000, 1_000_000)
+
+
+FOREIGN_LOAD_FLAG = 0.25  # cores of other processes' load above which a row is flagged (bench_train)
+
+
+class BenchError(Exception):
+    """A user-facing error: printed as ``seqrec bench: error: ...``, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# locating and importing the repository's bench scripts
+# ---------------------------------------------------------------------------------------------------
+def find_bench_dir(explicit: Optional[str] = None) -> Path:
+    """The repository's ``bench/`` folder: ``explicit``, ``$SEQREC_BENCH_DIR``, beside the package
+    source (``<repo>/python/seqrec_fast`` -> ``<repo>/bench``), or ``./bench``."""
+    candidates = []
+    if explicit:
+        candidates.append(Path(explicit))
+    elif os.environ.get("SEQREC_BENCH_DIR"):
+        candidates.append(Path(os.environ["SEQREC_BENCH_DIR"]))
+    else:
+        candidates.append(Path(__file__).resolve().parents[2] / "bench")
+        candidates.append(Path.cwd() / "bench")
+    for c in candidates:
+        if (c / "bench_kernels.py").is_file() and (c / "common.py").is_file():
+            return c.resolve()
+    where = ", ".join(str(c) for c in candidates)
+    raise BenchError(
+        f"the benchmark scripts (bench/bench_kernels.py, ...) were not found (looked in {where}). "
+        "They ship with the source repository, not with the installed package: run from a checkout, "
+        "or pass --bench-dir PATH/TO/bench (or set SEQREC_BENCH_DIR)"
+    )
+
+
+def _import_bench(bench_dir: Path, name: str):
+    if str(bench_dir) not in sys.path:
+        sys.path.insert(0, str(bench_dir))
+    return importlib.import_module(name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# environment
+# ---------------------------------------------------------------------------------------------------
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _commit(cwd: Optional[Path] = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=cwd or Path(__file__).parent, check=False)
+        sha = out.stdout.strip()
+        if not sha:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, cwd=cwd or Path(__file__).parent,
+                               check=False).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def threadpools() -> dict:
+    """Thread pools loaded in this process (threadpoolctl): {user_api: max num_threads}, plus the
+    libraries. Empty if threadpoolctl is missing."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return {"note": "threadpoolctl missing"}
+    out: dict[str, Any] = {"libraries": []}
+    for info in threadpool_info():
+        api = info.get("user_api")
+        out[api] = max(out.get(api, 0), int(info.get("num_threads") or 0))
+        out["libraries"].append({k: info.get(k) for k in
+                                 ("user_api", "internal_api", "num_threads", "version", "prefix")})
+    return out
+
+
+def _torch_version() -> Optional[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return None
+
+
+def environment(bench_dir: Optional[Path] = None) -> dict:
+    """Fields common to every record of a run."""
+    try:
+        from . import _core
+
+        isa = getattr(_core, "ISA", None)
+    except ImportError:  # pragma: no cover
+        isa = None
+    import numpy as np
+
+    return {
+        "commit": _commit(bench_dir),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": _torch_version(),
+        "isa": isa,
+        "threadpools": threadpools(),
+        "omp_env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_", "KMP_"))},
+        "loadavg_start": _loadavg(),
+    }
+
+
+def _loadavg() -> Optional[list]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):  # pragma: no cover
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# normalised records
+# ---------------------------------------------------------------------------------------------------
+def _rec(suite: str, case: str, side: str, role: str, threads: int, sizes: dict, *, median: float,
+         p10: float, p90: float, unit: str, repeats: int, dtype: str = "float32",
+         pinned: Optional[dict] = None, higher_is_better: bool = False, **extra: Any) -> dict:
+    """One normalised record. ``role``: cpp | numpy | torch | other (the speed-up columns compare
+    cpp against numpy and torch within the same suite, case, sizes and thread count)."""
+    return {
+        "suite": suite, "case": case, "side": side, "role": role, "threads": threads,
+        "pinned": pinned or {}, "sizes": sizes, "dtype": dtype, "median": median, "p10": p10,
+        "p90": p90, "unit": unit, "higher_is_better": higher_is_better, "repeats": repeats, **extra,
+    }
+
+
+def _key(r: dict) -> tuple:
+    return (r["suite"], r["case"], r["threads"], json.dumps(r["sizes"], sort_keys=True),
+            r.get("precision", "float32"))
+
+
+def add_speedups(records: list[dict]) -> list[dict]:
+    """Adds ``speedup_vs_numpy`` / ``speedup_vs_torch`` (> 1: the C++ side is faster) to every
+    ``role == "cpp"`` record that has a baseline at the same suite, case, sizes and thread count."""
+    base: dict[tuple, dict] = {}
+    for r in records:
+        if r["role"] in ("numpy", "torch"):
+            k = (*_key(r)[:4], r["role"])
+            base.setdefault(k, r)
+    for r in records:
+        if r["role"] != "cpp":
+            continue
+        for role in ("numpy", "torch"):
+            b = base.get((*_key(r)[:4], role))
+            if b is None or not b["median"] or not r["median"]:
+                continue
+            ratio = r["median"] / b["median"] if r["higher_is_better"] else b["median"] / r["median"]
+            r[f"speedup_vs_{role}"] = ratio
+    return records
+
+
+def _quantiles(xs: Sequence[float]) -> tuple[float, float, float]:
+    import numpy as np
+
+    a = np.asarray(xs, dtype=np.float64)
+    return float(np.median(a)), float(np.percentile(a, 10)), float(np.percentile(a, 90))
+
+
+# ---------------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------------
+def run_kernels(bench_dir: Path, quick: bool, threads=(1, 2)) -> list[dict]:
+    bk = _import_bench(bench_dir, "bench_kernels")
+    raw = bk.run(batches=(32, 512), threads=threads, repeats=5 if quick else 30)  # validates first
+    out = []
+    for r in raw:
+        sizes = {"B": r["B"], "T": r["T"], "E": r["E"], "H": r["H"]}
+        for side, role, pfx, pin in (("seqrec_fast C++", "cpp", "cpp", {"openmp": r["threads"]}),
+                                     ("NumPy reference", "numpy", "ref", {"blas": r["threads"]})):
+            out.append(_rec("kernels", r["case"], side, role, r["threads"], sizes,
+                            median=r[f"{pfx}_median_s"], p10=r[f"{pfx}_p10_s"],
+                            p90=r[f"{pfx}_p90_s"], unit="s", repeats=r["repeats"], pinned=pin,
+                            validated="assert_allclose vs reference (bench_kernels.check)"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# training sweep (batch size, hidden size)
+# ---------------------------------------------------------------------------------------------------
+@contextmanager
+def _setting(bt, B: int, H: int):
+    saved = dict(bt.SETTING)
+    bt.SETTING.update(batch_size=B, layers=[H])
+    try:
+        yield
+    finally:
+        bt.SETTING.clear()
+        bt.SETTING.update(saved)
+
+
+def train_configs() -> list[tuple[int, int]]:
+    cfgs = [(B, 100) for B in TRAIN_BATCHES] + [(32, H) for H in TRAIN_HIDDEN]
+    return list(dict.fromkeys(cfgs))
+
+
+def _train_config(bt, B: int, H: int, sides: Sequence[str], threads, steps: int, repeats: int,
+                  data_path: Optional[str]) -> list[dict]:
+    """Validates (float64, 3 steps, to 1e-8 vs the reference), then times the given step-level sides
+    of bench_train on identical pre-drawn inputs, each repeat from the same initial state."""
+    import numpy as np
+
+    with _setting(bt, B, H):
+        c64 = bt.build_case(n_steps=3, dtype=np.float64, data_path=data_path)
+        checks = {}
+        if "cpp" in sides:
+            for nt in threads:
+                checks[f"cpp_{nt}t"] = bt.check_cpp(c64, 3, 1e-8, nt)
+        if "torch" in sides:
+            checks["torch"] = bt.check_torch_twin(c64, 3, 1e-8)
+        case = bt.build_case(n_steps=steps, dtype=np.float32, data_path=data_path)
+    sizes = {"B": B, "H": H, "n_sample": case.extra["S"], "n_items": case.extra["n_items"],
+             "steps": int(case.x.shape[0])}
+    out = []
+    for nt in threads:
+        runs = []
+        if "cpp" in sides:
+            runs.append(("seqrec_fast C++", "cpp", lambda st, nt=nt: bt.run_cpp(case, st, nt),
+                         {"openmp": nt}, None))
+        if "numpy" in sides:
+            runs.append(("NumPy reference", "numpy", lambda st: bt.run_ref(case, st), {"blas": nt},
+                         "blas"))
+        if "torch" in sides:
+            runs.append(("PyTorch twin", "torch", lambda st: bt.run_torch(case, st), {"torch": nt},
+                         "torch"))
+        for side, role, fn, pinned, how in runs:
+            if how == "torch":
+                bt.torch.set_num_threads(nt)
+            with bt.ForeignLoad() as fl:
+                if how == "blas":
+                    with bt.blas_threads(nt):
+                        secs = bt.time_steps(fn, case.fresh_state, repeats)
+                else:
+                    secs = bt.time_steps(fn, case.fresh_state, repeats)
+            rates = [case.n_events / s for s in secs]
+            med, p10, p90 = _quantiles(rates)
+            out.append(_rec("train", "train steps (rsc15 setting)", side, role, nt, sizes, median=med,
+                            p10=p10, p90=p90, unit="events/s", higher_is_better=True,
+                            repeats=repeats, pinned=pinned, events=case.n_events,
+                            foreign_load_cores=fl.cores,
+                            seconds_median=statistics.median(secs),
+                            validated={k: {kk: v[kk] for kk in ("steps", "loss_max_rel_diff",
+                                                                 "max_param_diff")}
+                                       for k, v in checks.items()
+                                       if (role == "cpp" and k.startswith("cpp"))
+                                       or (role == "torch" and k == "torch")}
+                            or "is the reference"))
+    return out
+
+
+def _train_sweep_local(bench_dir: Path, sides, threads, steps, repeats, data_path) -> list[dict]:
+    bt = _import_bench(bench_dir, "bench_train")
+    if "torch" in sides and not bt._import_torch():
+        raise BenchError("torch is not importable in the training worker")
+    recs = []
+    for B, H in train_configs():
+        t0 = time.perf_counter()
+        recs += _train_config(bt, B, H, sides, threads, steps, repeats, data_path)
+        print(f"  train B={B} H={H} [{','.join(sides)}]: {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr)
+    return recs
+
+
+def run_train(bench_dir: Path, quick: bool, torch_side: bool, threads=(1, 2),
+              data_path: Optional[str] = None) -> list[dict]:
+    """C++ and NumPy in this process; the PyTorch twin in a separate process (torch's wheel ships its
+    own libgomp.so.1, which would otherwise serve seqrec_fast's OpenMP too; see bench_train.py)."""
+    steps, repeats = (8, 3) if quick else (60, 5)
+    recs = _train_sweep_local(bench_dir, ("cpp", "numpy"), threads, steps, repeats, data_path)
+    if torch_side:
+        if importlib.util.find_spec("torch") is None:
+            print("NOTE: torch is not installed; the PyTorch training side is skipped",
+                  file=sys.stderr)
+        else:
+            payload = {"bench_dir": str(bench_dir), "threads": list(threads), "steps": steps,
+                       "repeats": repeats, "data": data_path}
+            cmd = [sys.executable, "-m", "seqrec_fast.bench", "--train-torch-worker",
+                   json.dumps(payload)]
+            p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            sys.stderr.write(p.stderr)
+            if p.returncode != 0:
+                raise RuntimeError(f"torch training worker failed (exit {p.returncode})")
+            line = next(x for x in reversed(p.stdout.splitlines()) if x.startswith(WORKER_TAG))
+            recs += json.loads(line[len(WORKER_TAG):])
+    return recs
+
+
+# ---------------------------------------------------------------------------------------------------
+# serving
+# ---------------------------------------------------------------------------------------------------
+def run_serving(bench_dir: Path, quick: bool, torch_side: bool, threads=(1, 2)) -> list[dict]:
+    bs = _import_bench(bench_dir, "bench_serving")
+    sizes = SERVING_SIZES_QUICK if quick else SERVING_SIZES_FULL
+    batch_threads = (1,) if quick else (1, 2)
+    single, batch = [], []
+    torch_res = bs.run_torch(sizes, threads, quick, batch_threads) if torch_side else None
+    if torch_res:
+        single += [{**r, "precision": "float32"} for r in torch_res["single"]]
+        batch += torch_res["batch"]
+    for N in sizes:
+        t0 = time.perf_counter()
+        s, b, _checks = bs.bench_size(N, threads, quick, batch_threads, ("float32", "int8"))
+        single += s
+        batch += b
+        print(f"  serving N={N}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    roles = {"seqrec recommend": "cpp", "numpy step+topk": "numpy", "torch eager": "torch"}
+    out = []
+    for r in single:
+        role = roles.get(r["side"], "other")
+        pin = {"torch": r["threads"]} if role == "torch" else (
+            {"blas": r["threads"]} if r["side"].startswith("numpy") else {"openmp": r["threads"]})
+        # only float32 seqrec rows are compared with the float32 baselines
+        if role == "cpp" and r.get("precision", "float32") != "float32":
+            role = "other"
+        out.append(_rec("serving", f"single event top-{bs.K}", r["side"], role, r["threads"],
+                        {"N": r["n_items"], "H": bs.H, "k": bs.K}, median=r["p50_us"],
+                        p10=r.get("p10_us", float("nan")), p90=r["p90_us"], unit="us",
+                        repeats=r["n"], pinned=pin, precision=r.get("precision", "float32"),
+                        dtype=r.get("precision", "float32"), p99=r["p99_us"],
+                        round_p50_spread=r["round_p50_spread"],
+                        validated="top-20 vs exact float64 top-20 (bench_serving.validate_seqrec)"))
+    broles = {"seqrec recommend_batch": "cpp", "numpy batch": "numpy", "torch eager": "torch"}
+    for r in batch:
+        role = broles.get(r["side"], "other")
+        if role == "cpp" and r["precision"] != "float32":
+            role = "other"
+        out.append(_rec("serving", f"batch {r['batch']} top-{bs.K}", r["side"], role, r["threads"],
+                        {"N": r["n_items"], "H": bs.H, "k": bs.K, "batch": r["batch"]},
+                        median=r["p50_us"], p10=r.get("p10_us", float("nan")), p90=r["p90_us"],
+                        unit="us", repeats=r["n"], precision=r["precision"], dtype=r["precision"],
+                        events_per_s=r["events_per_s"],
+                        pinned={"torch" if role == "torch" else
+                                ("blas" if r["side"].startswith("numpy") else "openmp"):
+                                r["threads"]}))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# report writing (pure functions of the records; tested on fake records)
+# ---------------------------------------------------------------------------------------------------
+def write_jsonl(records: Iterable[dict], path: os.PathLike | str, env: Optional[dict] = None) -> Path:
+    """One JSON object per line: ``{**env, **record}`` (overwrites ``path``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps({**(env or {}), **r}, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+def _fmt_val(v: float, unit: str) -> str:
+    if v is None or v != v:
+        return "–"
+    if unit == "s":
+        return f"{v * 1e6:,.0f}"
+    if unit == "us":
+        return f"{v:,.1f}"
+    return f"{v:,.0f}"
+
+
+_UNIT_LABEL = {"s": "µs", "us": "µs", "events/s": "events/s"}
+
+
+def _sizes_txt(s: dict) -> str:
+    return " ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in s.items())
+
+
+def _ratio(r: dict, k: str) -> str:
+    return f"{r[k]:.2f}x" if k in r else ""
+
+
+def render_markdown(records: Sequence[dict], env: Optional[dict] = None,
+                    command: Optional[str] = None, plots: Sequence[str] = ()) -> str:
+    """The Markdown report: an environment header and one table per suite."""
+    env = env or {}
+    L = ["# seqrec_fast benchmark report", ""]
+    if env:
+        tp = env.get("threadpools", {})
+        pools = ", ".join(f"{k} {v}" for k, v in tp.items() if k not in ("libraries", "note"))
+        L += [
+            f"- commit `{env.get('commit')}`, {env.get('date')}",
+            f"- CPU: {env.get('cpu')} ({env.get('cores')} cores); seqrec_fast ISA {env.get('isa')}",
+            f"- Python {env.get('python')}, NumPy {env.get('numpy')}, torch {env.get('torch') or 'not installed'}",
+            f"- thread pools at start (threadpoolctl): {pools or tp.get('note', 'none')}; each side "
+            "pins its own count per row (C++ num_threads, BLAS via threadpoolctl, torch.set_num_threads)",
+        ]
+        if env.get("loadavg_start") is not None:
+            L.append(f"- load average at start {env.get('loadavg_start')}, at end {env.get('loadavg_end')}"
+                     f"; wall time {env.get('wall_s')} s")
+    if command:
+        L.append(f"- command: `{command}`")
+    busy = [r for r in records if (r.get("foreign_load_cores") or 0) > FOREIGN_LOAD_FLAG]
+    if busy:
+        L += ["", f"**Warning:** other processes kept more than {FOREIGN_LOAD_FLAG} of a core busy during "
+              f"{len(busy)} training row(s) (`foreign_load_cores` in records.jsonl); on a 2-core machine the "
+              "2-thread figures of every side collapse under such load. Rerun on an idle machine before "
+              "quoting them."]
+    L += ["", "Every case was validated against the NumPy reference before it was timed. Speed-ups are "
+          "ratios of medians at the same thread count (> 1: seqrec_fast C++ is faster).", ""]
+    titles = {"kernels": "Kernels (GRU forward + backward)", "train": "Training (steps per second)",
+              "serving": "Serving"}
+    for suite in ("kernels", "train", "serving"):
+        rows = [r for r in records if r["suite"] == suite]
+        if not rows:
+            continue
+        unit = rows[0]["unit"]
+        stat = "median"
+        L += [f"## {titles[suite]}", "",
+              f"| case | sizes | side | precision | threads | {stat} ({_UNIT_LABEL.get(unit, unit)}) "
+              "| p10 | p90 | repeats | vs NumPy | vs PyTorch |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        rows = sorted(rows, key=lambda r: (r["case"], json.dumps(r["sizes"], sort_keys=True),
+                                            r["threads"], r["role"] != "cpp", r["side"],
+                                            r.get("precision", "")))
+        for r in rows:
+            u = r["unit"]
+            L.append(f"| {r['case']} | {_sizes_txt(r['sizes'])} | {r['side']} "
+                     f"| {r.get('precision', r.get('dtype', ''))} | {r['threads']} "
+                     f"| {_fmt_val(r['median'], u)} | {_fmt_val(r['p10'], u)} | {_fmt_val(r['p90'], u)} "
+                     f"| {r['repeats']} | {_ratio(r, 'speedup_vs_numpy')} | {_ratio(r, 'speedup_vs_torch')} |")
+        L.append("")
+    if plots:
+        L += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
+    return "\n".join(L)
+
+
+def _series(records, suite, case_prefix, fixed: dict, xkey: str):
+    """{(side, threads): sorted [(x, record)]} for records whose sizes match ``fixed``."""
+    out: dict[tuple, list] = {}
+    for r in records:
+        if r["suite"] != suite or not r["case"].startswith(case_prefix):
+            continue
+        if r.get("precision", "float32") != "float32" and suite == "serving":
+            label_side = f"{r['side']} {r['precision']}"
+        else:
+            label_side = r["side"]
+        if any(r["sizes"].get(k) != v for k, v in fixed.items()) or xkey not in r["sizes"]:
+            continue
+        out.setdefault((label_side, r["threads"], r["role"]), []).append((r["sizes"][xkey], r))
+    return {k: sorted(v, key=lambda t: t[0]) for k, v in out.items()}
+
+
+def write_plots(records: Sequence[dict], out_dir: os.PathLike | str) -> list[Path]:
+    """PNG plots; returns the files written ([] with a message if matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("NOTE: matplotlib is not installed; plots skipped (pip install 'seqrec-fast[bench]')",
+              file=sys.stderr)
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    style = {"cpp": "-o", "numpy": "--s", "torch": ":^", "other": "-.x"}
+
+    def band(ax, pts, fmt, label):
+        xs = [x for x, _ in pts]
+        ax.plot(xs, [r["median"] for _, r in pts], fmt, label=label)
+        lo = [r["p10"] for _, r in pts]
+        hi = [r["p90"] for _, r in pts]
+        if all(v == v for v in lo + hi):
+            ax.fill_between(xs, lo, hi, alpha=0.15)
+
+    # (1) training events/s vs batch size and hidden size
+    train = [r for r in records if r["suite"] == "train"]
+    if train:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax, fixed, xkey, title in ((axes[0], {"H": 100}, "B", "events/s vs batch size (H=100)"),
+                                       (axes[1], {"B": 32}, "H", "events/s vs hidden size (B=32)")):
+            for (side, nt, role), pts in sorted(_series(train, "train", "", fixed, xkey).items()):
+                band(ax, pts, style.get(role, "-"), f"{side}, {nt}t")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel(xkey)
+            ax.set_ylabel("training events/s (median, p10-p90 band)")
+            ax.set_title(title)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = out_dir / "train_events_per_s.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        written.append(p)
+
+    # (2) serving latency vs N (log axes)
+    serving = [r for r in records if r["suite"] == "serving" and r["case"].startswith("single")]
+    if serving:
+        fig, ax = plt.subplots(figsize=(7.5, 5))
+        keep = ("seqrec recommend", "numpy step+topk", "torch eager", "numpy E@h")
+        for (side, nt, role), pts in sorted(_series(serving, "serving", "single", {}, "N").items()):
+            if not side.startswith(keep) or "bfloat16" in side:
+                continue
+            band(ax, pts, style.get(role, "-."), f"{side}, {nt}t")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("catalogue size N (items)")
+        ax.set_ylabel("latency per event, µs (p50, p10-p90 band)")
+        ax.set_title("serving: one GRU step + top-20")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = out_dir / "serving_latency_vs_N.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        written.append(p)
+
+    # (3) speed-ups over NumPy and PyTorch
+    panels = []
+    if train:
+        panels += [("train", {"H": 100}, "B", "training, vs batch size (H=100)"),
+                   ("train", {"B": 32}, "H", "training, vs hidden size (B=32)")]
+    if serving:
+        panels.append(("serving", {}, "N", "serving single event, vs N"))
+    kern = [r for r in records if r["suite"] == "kernels"]
+    if kern:
+        panels.append(("kernels", {}, "B", "kernels fwd+bwd, vs batch size"))
+    if panels and any("speedup_vs_numpy" in r or "speedup_vs_torch" in r for r in records):
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+        for ax, (suite, fixed, xkey, title) in zip(axes[0], panels):
+            case = "single" if suite == "serving" else ""
+            for (side, nt, role), pts in sorted(_series(records, suite, case, fixed, xkey).items()):
+                if role != "cpp":
+                    continue
+                for base, fmt in (("numpy", "-o"), ("torch", "--^")):
+                    q = [(x, r[f"speedup_vs_{base}"]) for x, r in pts if f"speedup_vs_{base}" in r]
+                    if suite == "kernels":
+                        cases = sorted({r["case"] for _, r in pts})
+                        for c in cases:
+                            qc = [(x, r[f"speedup_vs_{base}"]) for x, r in pts
+                                  if r["case"] == c and f"speedup_vs_{base}" in r]
+                            if qc:
+                                ax.plot(*zip(*qc), fmt, label=f"{c} vs {base}, {nt}t")
+                    elif q:
+                        ax.plot(*zip(*q), fmt, label=f"vs {'NumPy' if base == 'numpy' else 'PyTorch'}, {nt}t")
+            ax.axhline(1.0, color="grey", lw=0.8)
+            ax.set_xscale("log", base=10 if xkey == "N" else 2)
+            ax.set_yscale("log")
+            ax.set_xlabel(xkey)
+            ax.set_ylabel("speed-up of seqrec_fast C++ (x)")
+            ax.set_title(title, fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        p = out_dir / "speedup.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        written.append(p)
+    return written
+
+
+def write_report(records: list[dict], out_dir: os.PathLike | str, env: Optional[dict] = None,
+                 command: Optional[str] = None, plots: bool = True) -> dict:
+    """Speed-ups, ``records.jsonl``, PNG plots and ``report.md`` into ``out_dir``; returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    add_speedups(records)
+    jsonl = write_jsonl(records, out_dir / "records.jsonl", env)
+    pngs = write_plots(records, out_dir) if plots else []
+    md = out_dir / "report.md"
+    md.write_text(render_markdown(records, env, command, [str(p) for p in pngs]), encoding="utf-8")
+    return {"records": jsonl, "report": md, "plots": pngs}
+
+
+# ---------------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes, few repeats (under 2 minutes on 2 cores); a smoke test")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help=f"output folder (default: <repo>/{DEFAULT_OUT})")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baselines")
+    p.add_argument("--bench-dir", default=None, metavar="DIR",
+                   help="the repository's bench/ folder (default: beside the package source, "
+                   "$SEQREC_BENCH_DIR, or ./bench)")
+    p.add_argument("--suites", nargs="+", choices=("kernels", "train", "serving"),
+                   default=["kernels", "train", "serving"], help="suites to run (default: all)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                   help="thread counts, pinned on every side (default: 1 2)")
+    p.add_argument("--data", default=None,
+                   help="training data for the training suite (default: bench_train's rsc15_100k, "
+                   "or synthetic sessions)")
+    p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    try:
+        bench_dir = find_bench_dir(args.bench_dir)
+    except BenchError as e:
+        print(f"seqrec bench: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out) if args.out else bench_dir / "results" / "report"
+    torch_side = not args.no_torch
+    threads = tuple(args.threads)
+    env = environment(bench_dir)
+    records: list[dict] = []
+    if "kernels" in args.suites:
+        print("kernels ...", file=sys.stderr)
+        records += run_kernels(bench_dir, args.quick, threads)
+    if "train" in args.suites:
+        print("training sweep ...", file=sys.stderr)
+        records += run_train(bench_dir, args.quick, torch_side, threads, args.data)
+    if "serving" in args.suites:
+        print("serving ...", file=sys.stderr)
+        records += run_serving(bench_dir, args.quick, torch_side, threads)
+    wall = time.perf_counter() - t0
+    env["wall_s"] = round(wall, 1)
+    env["loadavg_end"] = _loadavg()
+    env["quick"] = bool(args.quick)
+    cmd = "seqrec bench" + (" --quick" if args.quick else "") + (" --no-torch" if args.no_torch else "")
+    paths = write_report(records, out, env, cmd, plots=not args.no_plots)
+    print(paths["report"].read_text(encoding="utf-8"))
+    print(f"wrote {paths['records']} ({len(records)} records), {paths['report']}"
+          + "".join(f", {p}" for p in paths["plots"]))
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _train_torch_worker(payload: str) -> int:
+    cfg = json.loads(payload)
+    recs = _train_sweep_local(Path(cfg["bench_dir"]), ("torch",), tuple(cfg["threads"]), cfg["steps"],
+                              cfg["repeats"], cfg["data"])
+    print(WORKER_TAG + json.dumps(recs, default=_json_default))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--train-torch-worker"]:
+        return _train_torch_worker(argv[1])
+    p = argparse.ArgumentParser(prog="seqrec bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else 0
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
