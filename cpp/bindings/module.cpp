@@ -875,6 +875,101 @@ py::tuple score_rank_counts(py::object H, py::object W_y, py::object b_y, py::ob
   return score_rank_counts_impl<double>(a, H, W_y, b_y, target, nt);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Small kernels exposed for tests and benchmarks: the loss of a score matrix, and a lazy
+// optimizer update of some rows of a table.
+
+template <class T>
+py::tuple loss_grad_impl(const Args& args, py::handle R_, py::handle pos_, const seqrec::TrainConfig& cfg,
+                         int nt) {
+  auto R = args.array<T>(R_, "R", {ANY, ANY}, "(n, C)");
+  const Index n = R.shape(0), C = R.shape(1);
+  if (C < 1) args.value_error("R must have C >= 1 columns");
+  if (cfg.loss != seqrec::Loss::CrossEntropy && C < 2) {
+    args.value_error("R must have C >= 2 columns for a loss over negatives");
+  }
+  std::vector<py::array> keep;
+  const std::int32_t* pos = index_array(args, pos_, "pos", {n}, "(n,)", 0, static_cast<std::int32_t>(C), keep);
+  py::array_t<T> loss(n);
+  py::array_t<T> grad({n, C});
+  {
+    py::gil_scoped_release release;
+    seqrec::FlushDenormals ftz;
+    const T* r = cptr<T>(R);
+    T* g = grad.mutable_data();
+    T* l = loss.mutable_data();
+    seqrec::parallel_for(n, nt, [&](Index i0, Index i1) {
+      std::vector<T> s(C), o(C);
+      for (Index i = i0; i < i1; ++i) {
+        l[i] = seqrec::loss_row(cfg, C, Index(pos[i]), r + i * C, g + i * C, s.data(), o.data());
+      }
+    }, 4);
+  }
+  return py::make_tuple(loss, grad);
+}
+
+py::tuple loss_grad(py::object R, py::object pos, py::dict config, int num_threads) {
+  Args a{"loss_grad"};
+  const int nt = a.threads(num_threads);
+  const auto cfg = parse_config(a, config);
+  if (dtype_of(a, R, "R") == DType::F32) return loss_grad_impl<float>(a, R, pos, cfg, nt);
+  return loss_grad_impl<double>(a, R, pos, cfg, nt);
+}
+
+template <class T>
+void opt_update_rows_impl(const Args& args, seqrec::OptConfig oc, py::handle rows_, py::handle G_,
+                          py::handle p_, py::handle s1_, py::handle s2_, int nt) {
+  auto p = args.array<T>(p_, "p", {ANY, ANY}, "(N, W)");
+  const Index N = p.shape(0), W = p.shape(1);
+  auto s1 = args.array<T>(s1_, "s1", {N, W}, "(N, W)");
+  py::array s2;
+  const bool adagrad = oc.kind == seqrec::Optim::AdagradM;
+  if (s2_.is_none()) {
+    if (!adagrad) args.value_error("adam needs s2 (N, W) (its second moment)");
+    if (oc.momentum > 0) args.value_error("adagrad with momentum > 0 needs s2 (N, W) (the momentum)");
+  } else {
+    s2 = args.array<T>(s2_, "s2", {N, W}, "(N, W)");
+  }
+  std::vector<py::array> keep;
+  auto rows_arr = args.array<std::int32_t>(rows_, "rows", {ANY}, "(r,)");
+  const Index nr = rows_arr.shape(0);
+  const std::int32_t* rows = index_array(args, rows_arr, "rows", {nr}, "(r,)", 0,
+                                         static_cast<std::int32_t>(N), keep);
+  {
+    std::vector<std::uint8_t> seen(static_cast<size_t>(N), 0);
+    for (Index k = 0; k < nr; ++k) {
+      if (seen[rows[k]]++) {
+        args.value_error("rows holds " + std::to_string(rows[k]) +
+                         " more than once; rows must be distinct (sum their gradients first)");
+      }
+    }
+  }
+  auto G = args.array<T>(G_, "G", {nr, W}, "(r, W)");
+  T* pp = writable<T>(args, p, "p");
+  T* s1p = writable<T>(args, s1, "s1");
+  // Adagrad without momentum leaves s2 untouched (as the reference does)
+  T* s2p = (s2_.is_none() || (adagrad && !(oc.momentum > 0))) ? nullptr : writable<T>(args, s2, "s2");
+  {
+    py::gil_scoped_release release;
+    seqrec::FlushDenormals ftz;
+    seqrec::row_update<T>(oc, W, rows, nr, cptr<T>(G), pp, s1p, s2p, nt);
+  }
+}
+
+void opt_update_rows(py::dict config, long long step, py::object rows, py::object G, py::object p,
+                     py::object s1, py::object s2, int num_threads) {
+  Args a{"opt_update_rows"};
+  const int nt = a.threads(num_threads);
+  if (step < 1) a.value_error("step must be >= 1, got " + std::to_string(step));
+  auto oc = parse_config(a, config).opt;
+  oc.step = step;
+  if (dtype_of(a, p, "p") == DType::F32) {
+    opt_update_rows_impl<float>(a, oc, rows, G, p, s1, s2, nt);
+  } else {
+    opt_update_rows_impl<double>(a, oc, rows, G, p, s1, s2, nt);
+  }
+}
+
 
 // ---------------------------------------------------------------------------------------------
 // Serving: top-k, and one fused step + top-k.
@@ -1235,6 +1330,18 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
         "H (n, D) final hidden states; W_y (N, D), b_y (N,) the output table; target (n,) int32.\n"
         "Scores y_j = H·W_y[j] + b_y[j] are computed in query blocks (never an (n, N) array).\n"
         "Returns (gt (n,) int64, ge (n,) int64).");
+  m.def("loss_grad", &loss_grad, py::arg("R"), py::arg("pos"), py::arg("config"),
+        py::arg("num_threads") = 1,
+        "The training loss of a score matrix, row by row, and its gradient.\n\n"
+        "R (n, C) float32/float64 scores; pos (n,) int32 column of each row's positive;\n"
+        "config: loss ('cross-entropy', 'bpr-max', 'top1-max'), elu_param, bpreg.\n"
+        "Returns (loss (n,), grad (n, C)), before division by the batch size.");
+  m.def("opt_update_rows", &opt_update_rows, py::arg("config"), py::arg("step"), py::arg("rows"),
+        py::arg("G"), py::arg("p"), py::arg("s1"), py::arg("s2"), py::arg("num_threads") = 1,
+        "Lazy optimizer update, in place, of the distinct rows (r,) int32 of a table p (N, W) from\n"
+        "their summed gradients G (r, W). s1: Adagrad accumulator / Adam m; s2: momentum / Adam v,\n"
+        "or None for Adagrad without momentum. config: optimizer ('adagrad', 'adam'),\n"
+        "learning_rate, momentum, beta1, beta2, eps; step: 1-based update count.");
   m.def("train_chunk", &train_chunk, py::arg("cell"), py::arg("embedding"), py::arg("params"),
         py::arg("state1"), py::arg("state2"), py::arg("hidden"), py::arg("cell_state"), py::arg("x"),
         py::arg("y"), py::arg("reset"), py::arg("neg"), py::arg("drop_embed"), py::arg("drop_hidden"),

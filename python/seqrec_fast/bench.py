@@ -237,7 +237,7 @@ def run_kernels(bench_dir: Path, quick: bool, threads=(1, 2)) -> list[dict]:
     raw = bk.run(batches=(32, 512), threads=threads, repeats=5 if quick else 30)  # validates first
     out = []
     for r in raw:
-        sizes = {"B": r["B"], "T": r["T"], "E": r["E"], "H": r["H"]}
+        sizes = dict(r["sizes"]) if "sizes" in r else {"B": r["B"], "T": r["T"], "E": r["E"], "H": r["H"]}
         for side, role, pfx, pin in (("seqrec_fast C++", "cpp", "cpp", {"openmp": r["threads"]}),
                                      ("NumPy reference", "numpy", "ref", {"blas": r["threads"]})):
             out.append(_rec("kernels", r["case"], side, role, r["threads"], sizes,
@@ -477,7 +477,7 @@ def render_markdown(records: Sequence[dict], env: Optional[dict] = None,
               "quoting them."]
     L += ["", "Every case was validated against the NumPy reference before it was timed. Speed-ups are "
           "ratios of medians at the same thread count (> 1: seqrec_fast C++ is faster).", ""]
-    titles = {"kernels": "Kernels (GRU forward + backward)", "train": "Training (steps per second)",
+    titles = {"kernels": "Kernels (GRU forward + backward, loss, optimizer, top-k, rank counts)", "train": "Training (steps per second)",
               "serving": "Serving"}
     for suite in ("kernels", "train", "serving"):
         rows = [r for r in records if r["suite"] == suite]

@@ -412,7 +412,7 @@ def opt_update(config, step, p, g, s1, s2):
         p -= dt(lr) * (s1 / bc1) / (np.sqrt(s2 / bc2) + dt(eps))
 
 
-def opt_update_rows(config, step, rows, G, p, s1, s2):
+def opt_update_rows(config, step, rows, G, p, s1, s2, num_threads: int = 1):
     """Lazy update of the distinct `rows` of a table from their summed gradients G (len(rows), W)."""
     sub2 = s2[rows] if s2 is not None else None
     sub_p, sub1 = p[rows], s1[rows]
@@ -697,3 +697,13 @@ def step_topk(cell, embedding, weights, E_in, W_y, b_y, h, c, items, k, exclude=
             c[l][...] = c_last[l]
     return topk(Y[0], W_y if table is None else table, b_y, k, exclude,
                 scales if table is not None else None)
+
+
+# --------------------------------------------------------------------------------------------
+# Twins of the small bound kernels _core.loss_grad and _core.opt_update_rows (same arguments).
+
+
+def loss_grad(R, pos, config, num_threads: int = 1):
+    """Loss per row (n,) and dloss/dR (n, C) of scores R (n, C) with positives pos (n,); config:
+    loss, elu_param, bpreg. Before division by the batch size. Twin of ``_core.loss_grad``."""
+    return loss_and_grad(config, R, pos)
