@@ -257,14 +257,21 @@ std::vector<const T*> parse_drop(const Args& args, py::handle obj, const Stack<T
   return out;
 }
 
+// The layer-0 input of a window: (T, B, E) with T, B >= 1.
+template <class T>
+py::array window_input(const Args& args, py::handle X_) {
+  auto X = args.array<T>(X_, "X", {ANY, ANY, ANY}, "(T, B, E)");
+  if (X.shape(0) < 1) args.value_error("X has T = 0 steps; expected T >= 1");
+  if (X.shape(1) < 1) args.value_error("X has B = 0 rows; expected B >= 1");
+  return X;
+}
+
 template <Cell K, class T>
 py::tuple sequence_forward_impl(const Args& args, py::handle X_, py::handle h0_, py::handle c0_,
                                 py::handle reset_, py::handle weights_, py::handle drop_, int nt) {
   constexpr Index G = seqrec::gate_count(K);
-  auto X = args.array<T>(X_, "X", {ANY, ANY, ANY}, "(T, B, E)");
+  auto X = window_input<T>(args, X_);
   const Index Tn = X.shape(0), B = X.shape(1), E = X.shape(2);
-  if (Tn < 1) args.value_error("X has T = 0 steps; expected T >= 1");
-  if (B < 1) args.value_error("X has B = 0 rows; expected B >= 1");
   auto st = parse_weights<T>(args, K, weights_, E);
   const size_t L = st.params.size();
   std::vector<py::array> keep;
@@ -330,10 +337,8 @@ py::tuple sequence_backward_impl(const Args& args, py::handle dY_, py::handle dh
                                  py::handle dc_last_, py::handle X_, py::handle reset_,
                                  py::handle weights_, py::handle cache_, py::handle drop_, int nt) {
   constexpr Index G = seqrec::gate_count(K);
-  auto X = args.array<T>(X_, "X", {ANY, ANY, ANY}, "(T, B, E)");
+  auto X = window_input<T>(args, X_);
   const Index Tn = X.shape(0), B = X.shape(1), E = X.shape(2);
-  if (Tn < 1) args.value_error("X has T = 0 steps; expected T >= 1");
-  if (B < 1) args.value_error("X has B = 0 rows; expected B >= 1");
   auto st = parse_weights<T>(args, K, weights_, E);
   const size_t L = st.params.size();
   const Index HL = st.params[L - 1].H;

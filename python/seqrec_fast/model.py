@@ -21,6 +21,7 @@ Differences from the official GRU4Rec that are deliberate (each documented where
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -476,7 +477,7 @@ class SessionRNN:
             # a one-hot input times W_x is a row of W_x: use that row as the layer-0 input product
             W_x0, W_h0, b0 = W[0]
             X = np.ascontiguousarray(W_x0[items])
-            eye_w = (np.eye(W_x0.shape[1], dtype=X.dtype), W_h0, b0)
+            eye_w = (_identity(W_x0.shape[1], X.dtype.str), W_h0, b0)
             W = [eye_w] + W[1:]
         else:
             table = self.W_y_ if emb == "constrained" else self.params_[self.param_names_.index("E_in")]
@@ -602,6 +603,15 @@ class SessionRNN:
         model.state1_ = [np.zeros_like(a) for a in model.params_]
         model.state2_ = [None] * len(model.params_)
         return model
+
+
+@functools.lru_cache(maxsize=8)
+def _identity(n: int, dtype: str) -> np.ndarray:
+    """A read-only identity matrix, made once per size: the one-hot input's "W_x" after the row
+    lookup, so the scoring path does not allocate an (n, n) matrix on every step."""
+    eye = np.eye(n, dtype=np.dtype(dtype))
+    eye.setflags(write=False)
+    return eye
 
 
 def _jsonable(o: Any):
