@@ -1,6 +1,6 @@
 """pytest configuration for the benchmark suite.
 
-    pytest bench/ --benchmark-only            # every case (kernels, training steps, serving)
+    pytest bench/ --benchmark-only            # every case (kernels, training steps, evaluation, serving)
     pytest bench/ --benchmark-only --quick    # smoke test for CI: small cases, few rounds (< 1 min)
 
 The benchmark scripts are named ``bench_*.py`` (they are also runnable as scripts); this file adds that
@@ -8,7 +8,8 @@ pattern to ``python_files`` so that ``pytest bench/`` collects them. Every case 
 the NumPy reference before it is timed; the PyTorch cases skip when torch is not installed.
 
 ``--quick`` (or the environment variable ``SEQREC_BENCH_QUICK=1``) keeps only the cases marked small
-(kernels at B = 32, serving at N = 3000, one thread on the C++ side of training plus the reference) and
+(kernels at B = 32, evaluation and serving at N = 3000, one thread on the C++ side of training and
+evaluation plus the reference) and
 caps pytest-benchmark at a few rounds of at most 0.1 s per case. ``-m quick`` selects the same cases
 without changing the timing settings.
 """

@@ -872,11 +872,44 @@ py::tuple score_rank_counts_impl(const Args& args, py::handle H_, py::handle W_,
   return py::make_tuple(gt, ge);
 }
 
+seqrec::ItemTable parse_table(const Args& args, py::handle table_, py::handle scales_,
+                              py::handle b_, Index D, std::vector<py::array>& keep);
+
+// float32: the packed register-tiled kernel. W_y is either the (N, D) table (packed here, one pass
+// over it) or already packed by pack_table (what repeated callers such as evaluation pass).
+py::tuple score_rank_counts_f32(const Args& args, py::handle H_, py::handle W_, py::handle b_,
+                                py::handle target_, int nt) {
+  auto H = args.array<float>(H_, "H", {ANY, ANY}, "(n, D)");
+  const Index n = H.shape(0), D = H.shape(1);
+  std::vector<py::array> keep;
+  auto t = parse_table(args, W_, py::none(), b_, D, keep);
+  if (t.kind != seqrec::TableKind::F32) {
+    args.type_error("W_y must be float32 like H (a float32 (N, D) table or its pack_table layout)");
+  }
+  const std::int32_t* tg = index_array(args, target_, "target", {n}, "(n,)", 0,
+                                       static_cast<std::int32_t>(t.N), keep);
+  py::array_t<std::int64_t> gt(n), ge(n);
+  {
+    py::gil_scoped_release release;
+    seqrec::FlushDenormals ftz;
+    std::vector<float> packed;
+    if (!t.packed) {
+      packed.resize(static_cast<size_t>((t.N + seqrec::PACK - 1) / seqrec::PACK * D * seqrec::PACK));
+      seqrec::pack_rows<float>(static_cast<const float*>(t.data), t.N, D, packed.data());
+      t.data = packed.data();
+      t.packed = true;
+    }
+    seqrec::rank_counts_packed<seqrec::TableKind::F32>(t, n, cptr<float>(H), tg, gt.mutable_data(),
+                                                       ge.mutable_data(), nt);
+  }
+  return py::make_tuple(gt, ge);
+}
+
 py::tuple score_rank_counts(py::object H, py::object W_y, py::object b_y, py::object target,
                             int num_threads) {
   Args a{"score_rank_counts"};
   const int nt = a.threads(num_threads);
-  if (dtype_of(a, H, "H") == DType::F32) return score_rank_counts_impl<float>(a, H, W_y, b_y, target, nt);
+  if (dtype_of(a, H, "H") == DType::F32) return score_rank_counts_f32(a, H, W_y, b_y, target, nt);
   return score_rank_counts_impl<double>(a, H, W_y, b_y, target, nt);
 }
 
@@ -1333,7 +1366,9 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
         py::arg("target"), py::arg("num_threads") = 1,
         "Counts, per query, the items scoring above and at least the target's score.\n\n"
         "H (n, D) final hidden states; W_y (N, D), b_y (N,) the output table; target (n,) int32.\n"
-        "Scores y_j = H·W_y[j] + b_y[j] are computed in query blocks (never an (n, N) array).\n"
+        "For float32, W_y may also be pack_table(W_y) (callers that score many batches against one\n"
+        "table pack it once). Scores y_j = H·W_y[j] + b_y[j] are computed in register tiles (never an\n"
+        "(n, N) array); a NaN target score counts as the worst: gt = ge = N.\n"
         "Returns (gt (n,) int64, ge (n,) int64).");
   m.def("loss_grad", &loss_grad, py::arg("R"), py::arg("pos"), py::arg("config"),
         py::arg("num_threads") = 1,

@@ -1,8 +1,8 @@
 """``seqrec bench``: the comparison matrix (C++ core vs the NumPy reference vs PyTorch) in one command.
 
 Runs the repository's benchmark scripts (``bench/bench_kernels.py``, ``bench/bench_train.py``,
-``bench/bench_serving.py``; every case there is validated against the NumPy reference before it is
-timed) and writes, into ``--out`` (default ``bench/results/report/``):
+``bench/bench_evaluate.py``, ``bench/bench_serving.py``; every case there is validated against the NumPy
+reference before it is timed) and writes, into ``--out`` (default ``bench/results/report/``):
 
 - ``records.jsonl``: one record per case and side (commit, date, CPU model, cores, the OpenMP / BLAS
   thread pools seen by threadpoolctl, the thread count pinned on that side, sizes, dtype, median,
@@ -58,6 +58,8 @@ TRAIN_HIDDEN = (64, 100, 256)
 SERVING_SIZES_QUICK = (3_000, 40_000)
 SERVING_SIZES_FULL = (3_000, 40_000, 100_000, 1_000_000)
 
+
+SUITES = ("kernels", "train", "evaluation", "serving")
 
 FOREIGN_LOAD_FLAG = 0.25  # cores of other processes' load above which a row is flagged (bench_train)
 
@@ -408,6 +410,27 @@ def run_serving(bench_dir: Path, quick: bool, torch_side: bool, threads=(1, 2)) 
 
 
 # ---------------------------------------------------------------------------------------------------
+# full-ranking evaluation
+# ---------------------------------------------------------------------------------------------------
+def run_evaluation(bench_dir: Path, quick: bool, torch_side: bool, threads=(1, 2)) -> list[dict]:
+    """``evaluate()`` end to end with the C++ scorer, the NumPy reference scorer and PyTorch (separate
+    process), on identical test sessions and weights; ranks checked against the reference first."""
+    be = _import_bench(bench_dir, "bench_evaluate")
+    sizes = be.SIZES_QUICK if quick else be.SIZES_FULL
+    raw = be.run(sizes, threads, quick, None, torch_side)
+    out = []
+    for r in raw:
+        secs_p = [r["p10_s"], r["p90_s"]]
+        n = r["predictions"]
+        out.append(_rec("evaluation", f"evaluate() full ranking (GRU H={be.H})", r["side"],
+                        r["role"], r["threads"], dict(r["sizes"]), median=n / r["median_s"],
+                        p10=n / max(secs_p), p90=n / min(secs_p), unit="predictions/s",
+                        higher_is_better=True, repeats=r["repeats"], pinned=r["pinned"],
+                        seconds_median=r["median_s"], validated=r["validated"]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
 # report writing (pure functions of the records; tested on fake records)
 # ---------------------------------------------------------------------------------------------------
 def write_jsonl(records: Iterable[dict], path: os.PathLike | str, env: Optional[dict] = None) -> Path:
@@ -438,7 +461,7 @@ def _fmt_val(v: float, unit: str) -> str:
     return f"{v:,.0f}"
 
 
-_UNIT_LABEL = {"s": "µs", "us": "µs", "events/s": "events/s"}
+_UNIT_LABEL = {"s": "µs", "us": "µs", "events/s": "events/s", "predictions/s": "predictions/s"}
 
 
 def _sizes_txt(s: dict) -> str:
@@ -477,9 +500,11 @@ def render_markdown(records: Sequence[dict], env: Optional[dict] = None,
               "quoting them."]
     L += ["", "Every case was validated against the NumPy reference before it was timed. Speed-ups are "
           "ratios of medians at the same thread count (> 1: seqrec_fast C++ is faster).", ""]
-    titles = {"kernels": "Kernels (GRU forward + backward, loss, optimizer, top-k, rank counts)", "train": "Training (steps per second)",
+    titles = {"kernels": "Kernels (GRU forward + backward, loss, optimizer, top-k, rank counts)",
+              "train": "Training (steps per second)",
+              "evaluation": "Full-ranking evaluation (evaluate() end to end, all items ranked)",
               "serving": "Serving"}
-    for suite in ("kernels", "train", "serving"):
+    for suite in SUITES:
         rows = [r for r in records if r["suite"] == suite]
         if not rows:
             continue
@@ -594,6 +619,8 @@ def write_plots(records: Sequence[dict], out_dir: os.PathLike | str) -> list[Pat
                    ("train", {"B": 32}, "H", "training, vs hidden size (B=32)")]
     if serving:
         panels.append(("serving", {}, "N", "serving single event, vs N"))
+    if any(r["suite"] == "evaluation" for r in records):
+        panels.append(("evaluation", {}, "N", "full-ranking evaluation, vs N"))
     kern = [r for r in records if r["suite"] == "kernels"]
     if kern:
         panels.append(("kernels", {}, "B", "kernels fwd+bwd, vs batch size"))
@@ -656,8 +683,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bench-dir", default=None, metavar="DIR",
                    help="the repository's bench/ folder (default: beside the package source, "
                    "$SEQREC_BENCH_DIR, or ./bench)")
-    p.add_argument("--suites", nargs="+", choices=("kernels", "train", "serving"),
-                   default=["kernels", "train", "serving"], help="suites to run (default: all)")
+    p.add_argument("--suites", nargs="+", choices=SUITES, default=list(SUITES),
+                   help="suites to run (default: all)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                    help="thread counts, pinned on every side (default: 1 2)")
     p.add_argument("--data", default=None,
@@ -684,6 +711,9 @@ def run(args: argparse.Namespace) -> int:
     if "train" in args.suites:
         print("training sweep ...", file=sys.stderr)
         records += run_train(bench_dir, args.quick, torch_side, threads, args.data)
+    if "evaluation" in args.suites:
+        print("full-ranking evaluation ...", file=sys.stderr)
+        records += run_evaluation(bench_dir, args.quick, torch_side, threads)
     if "serving" in args.suites:
         print("serving ...", file=sys.stderr)
         records += run_serving(bench_dir, args.quick, torch_side, threads)

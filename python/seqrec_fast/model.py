@@ -458,6 +458,9 @@ class SessionRNN:
         dt = self.params_[0].dtype
         self._h = [np.zeros((n_slots, h), dt) for h in self.layers_]
         self._c = [np.zeros((n_slots, h), dt) for h in self.layers_] if self.cell == "lstm" else None
+        # score_counts scores every step against the whole table: pack it once per evaluation
+        # (float32; the kernel's register-tiled layout). Rebuilt by every start().
+        self._packed_Wy = _core.pack_table(self.W_y_) if dt == np.float32 else None
 
     def reset(self, slots: np.ndarray) -> None:
         """Start an empty session in each of ``slots``."""
@@ -513,7 +516,10 @@ class SessionRNN:
         """Evaluation fast path: feed ``items`` like :meth:`score`, then count per row the items
         scoring > and >= the row's target (C++, no (n, n_items) score array). Returns (gt, ge)."""
         out = self._advance(slots, items)
-        return _core.score_rank_counts(np.ascontiguousarray(out), self.W_y_, self.b_y_,
+        table = getattr(self, "_packed_Wy", None)
+        if table is None:
+            table = self.W_y_
+        return _core.score_rank_counts(np.ascontiguousarray(out), table, self.b_y_,
                                        np.ascontiguousarray(targets, dtype=np.int32),
                                        self._threads())
 

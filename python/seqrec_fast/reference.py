@@ -578,11 +578,15 @@ def train_chunk(
 def score_rank_counts(H, W_y, b_y, target, num_threads: int = 1):
     """Per query, the number of items whose score ``H·W_y[j] + b_y[j]`` is > and >= the target's.
 
-    H (n, D); W_y (N, D); b_y (N,); target (n,) int. Returns (gt, ge), int64 (n,).
+    H (n, D); W_y (N, D); b_y (N,); target (n,) int. Returns (gt, ge), int64 (n,); a NaN target
+    score gives gt = ge = N.
     """
     S = H @ W_y.T + b_y
     t = S[np.arange(len(target)), target][:, None]
-    return (S > t).sum(axis=1).astype(np.int64), (S >= t).sum(axis=1).astype(np.int64)
+    gt, ge = (S > t).sum(axis=1).astype(np.int64), (S >= t).sum(axis=1).astype(np.int64)
+    nan = np.isnan(t[:, 0])  # a NaN target score ranks last (as metrics.rank_counts)
+    gt[nan] = ge[nan] = W_y.shape[0]
+    return gt, ge
 
 
 # --------------------------------------------------------------------------------------------
