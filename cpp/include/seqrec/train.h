@@ -72,6 +72,8 @@ struct Chunk {
 };
 
 // Gradients of table rows, duplicates summed in first-seen order (deterministic).
+// A row's gradient starts as a copy of its first contribution (no zero-filled buffer per step) and
+// later contributions are added in order, so each sum is the same as 0 + g1 + g2 + ... .
 template <class T>
 class RowAccum {
  public:
@@ -89,40 +91,51 @@ class RowAccum {
       if (slot_[r] < 0) {
         slot_[r] = static_cast<std::int32_t>(rows_.size());
         rows_.push_back(r);
-        G_.resize(G_.size() + static_cast<size_t>(W_), T(0));
+        written_.push_back(0);
       }
       slots[e] = slot_[r];
     }
+    const size_t need = rows_.size() * static_cast<size_t>(W_);
+    if (G_.size() < need) G_.resize(std::max(need, G_.size() * 2));  // grows, never cleared
   }
-  // G[slots[e]] += scale_e · src[e]  (src (n, W), row stride ld); parallel over columns.
+  // G[slots[e]] += scale_e · src[e]  (src (n, W), row stride ld), the first contribution of a row
+  // copied. Parallel over contiguous ranges of slots: each thread owns its rows (no two threads
+  // write one cache line of G) and walks the entries in order, so sums keep first-seen order.
   void add(const std::vector<std::int32_t>& slots, const T* src, Index ld, const T* row_scale,
            Index row_scale_ld, int nt) {
     const Index n = static_cast<Index>(slots.size());
-    parallel_for(W_, nt, [&](Index c0, Index c1) {
+    const Index R = size();
+    const Index W = W_;
+    parallel_for(R, nt, [&](Index s0, Index s1) {
       for (Index e = 0; e < n; ++e) {
         const std::int32_t s = slots[e];
-        if (s < 0) continue;
-        T* g = G_.data() + Index(s) * W_;
+        if (s < s0 || s >= s1) continue;  // also skips −1
+        T* g = G_.data() + Index(s) * W;
         const T* v = src + e * ld;
+        const bool first = !written_[s];
+        written_[s] = 1;
         if (row_scale) {
           const T* m = row_scale + e * row_scale_ld;
-          for (Index c = c0; c < c1; ++c) g[c] += v[c] * m[c];
+          if (first) for (Index c = 0; c < W; ++c) g[c] = v[c] * m[c];
+          else for (Index c = 0; c < W; ++c) g[c] += v[c] * m[c];
         } else {
-          for (Index c = c0; c < c1; ++c) g[c] += v[c];
+          if (first) std::copy(v, v + W, g);
+          else for (Index c = 0; c < W; ++c) g[c] += v[c];
         }
       }
-    }, 16);
+    }, std::max<Index>(1, 4096 / std::max<Index>(W, 1)));
   }
   void clear() {
     for (std::int32_t r : rows_) slot_[r] = -1;
     rows_.clear();
-    G_.clear();
+    written_.clear();
   }
 
  private:
   Index W_;
   std::vector<std::int32_t> slot_;
   std::vector<std::int32_t> rows_;
+  std::vector<std::uint8_t> written_;
   std::vector<T> G_;
 };
 
