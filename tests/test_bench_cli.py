@@ -36,6 +36,13 @@ def _fake_records() -> list[dict]:
             R.append(bench._rec("serving", "single event top-20", side, role, 1, {"N": N, "H": 100, "k": 20},
                                 median=us * N / 3000, p10=us * N / 3000 * 0.9, p90=us * N / 3000 * 1.2,
                                 unit="us", repeats=100, precision="float32"))
+    for N in (3_000, 40_000):
+        for side, role, rate in (("seqrec_fast C++", "cpp", 100_000.0), ("NumPy reference", "numpy", 50_000.0),
+                                 ("PyTorch", "torch", 25_000.0)):
+            R.append(bench._rec("evaluation", "evaluate() full ranking (GRU H=100)", side, role, 1,
+                                {"N": N, "H": 100, "predictions": 16_000, "batch": 512},
+                                median=rate * 3000 / N, p10=rate * 2900 / N, p90=rate * 3100 / N,
+                                unit="predictions/s", higher_is_better=True, repeats=5))
     R.append(bench._rec("kernels", "gru_cell_fwd_bwd", "seqrec_fast C++", "cpp", 1, {"B": 32, "H": 100},
                         median=1.5e-4, p10=1.4e-4, p90=1.6e-4, unit="s", repeats=5))
     R.append(bench._rec("kernels", "gru_cell_fwd_bwd", "NumPy reference", "numpy", 1, {"B": 32, "H": 100},
@@ -79,6 +86,8 @@ def test_speedups():
     assert cpp["speedup_vs_torch"] == pytest.approx(2.0)
     srv = next(r for r in recs if r["suite"] == "serving" and r["role"] == "cpp")
     assert srv["speedup_vs_numpy"] == pytest.approx(80 / 30)  # latency: lower is better
+    ev = next(r for r in recs if r["suite"] == "evaluation" and r["role"] == "cpp")
+    assert ev["speedup_vs_numpy"] == pytest.approx(2.0) and ev["speedup_vs_torch"] == pytest.approx(4.0)
     k = next(r for r in recs if r["suite"] == "kernels" and r["role"] == "cpp")
     assert k["speedup_vs_numpy"] == pytest.approx(2.0) and "speedup_vs_torch" not in k
     assert all("speedup_vs_numpy" not in r for r in recs if r["role"] != "cpp")
@@ -102,7 +111,7 @@ def test_render_markdown():
     md = bench.render_markdown(recs, ENV, "seqrec bench --quick", ["/x/speedup.png"])
     assert md.startswith("# seqrec_fast benchmark report")
     assert "abc1234" in md and "Test CPU" in md and "`seqrec bench --quick`" in md
-    for title in ("## Kernels", "## Training", "## Serving"):
+    for title in ("## Kernels", "## Training", "## Full-ranking evaluation", "## Serving"):
         assert title in md
     assert "| seqrec_fast C++ | float32 | 1 | 30,000 | 27,000 | 33,000 | 3 | 3.00x | 2.00x |" in md
     assert "![speedup](speedup.png)" in md
@@ -148,3 +157,49 @@ def test_write_report_without_matplotlib(tmp_path, monkeypatch, capsys):
     assert "matplotlib is not installed" in capsys.readouterr().err
     assert (tmp_path / "report.md").is_file() and (tmp_path / "records.jsonl").is_file()
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_evaluation_suite_validates_and_records(tmp_path):
+    """The evaluation benchmark on a tiny case: every side's ranks are checked against the NumPy
+    reference scorer before timing, and the records carry the agreement."""
+    import sys
+
+    d = bench.find_bench_dir()
+    sys.path.insert(0, str(d))
+    try:
+        be = bench._import_bench(d, "bench_evaluate")
+        recs = be.bench_size(400, (1, 2), True, 1, False)
+    finally:
+        sys.path.remove(str(d))
+    assert {(r["role"], r["threads"]) for r in recs} == {("cpp", 1), ("cpp", 2), ("numpy", 1), ("numpy", 2)}
+    for r in recs:
+        assert r["predictions"] > 1000 and r["median_s"] > 0
+        if r["role"] == "cpp":
+            v = r["validated"]
+            assert v["identical_ranks"] >= be.MIN_IDENTICAL and v["recall20_diff"] <= be.METRIC_TOL
+
+
+def test_evaluation_agreement_check_fails_on_wrong_ranks():
+    import sys
+
+    import numpy as np
+
+    d = bench.find_bench_dir()
+    sys.path.insert(0, str(d))
+    try:
+        be = bench._import_bench(d, "bench_evaluate")
+    finally:
+        sys.path.remove(str(d))
+
+    class R:
+        def __init__(self, ranks):
+            self.ranks = ranks
+            self.metrics = {"recall@20": float(np.mean(ranks <= 20)),
+                            "mrr@20": float(np.mean(np.where(ranks <= 20, 1 / ranks, 0)))}
+
+    ref_ranks = np.arange(1, 1001, dtype=float)
+    be.check_agreement("same", 1, R(ref_ranks.copy()), R(ref_ranks))
+    wrong = ref_ranks.copy()
+    wrong[:5] += 1
+    with pytest.raises(AssertionError, match="disagrees"):
+        be.check_agreement("off", 1, R(wrong), R(ref_ranks))
