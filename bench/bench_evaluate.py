@@ -169,9 +169,10 @@ def check_agreement(side: str, N: int, res, ref_res) -> dict:
     return a
 
 
-def time_eval(scorer, test: SessionData, repeats: int) -> list[float]:
-    """Seconds of whole ``evaluate`` calls (after one warm-up call)."""
-    evaluate(scorer, test, batch_size=BATCH)
+def time_eval(scorer, test: SessionData, repeats: int, warmup: bool = True) -> list[float]:
+    """Seconds of whole ``evaluate`` calls (after one warm-up call unless ``warmup`` is false)."""
+    if warmup:
+        evaluate(scorer, test, batch_size=BATCH)
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -204,15 +205,22 @@ def bench_size(N: int, threads, quick: bool, repeats: int, torch_side: bool) -> 
         checks[f"cpp{nt}"] = check_agreement(f"C++ ({nt} threads)", N,
                                              evaluate(model, test, batch_size=BATCH), ref_res)
     torch_recs = run_torch(N, test, w, ref_res, threads, repeats) if torch_side else []
+    # repeats interleaved round-robin over sides and thread counts (a slow spell of the shared VM
+    # then touches every row alike instead of one row's median)
+    secs: dict = {(role, nt): [] for nt in threads for role in ("cpp", "numpy")}
+    for rep in range(repeats):
+        for nt in threads:
+            model.num_threads = nt
+            secs[("cpp", nt)] += time_eval(model, test, 1, warmup=rep == 0)
+            with blas_threads(nt):
+                secs[("numpy", nt)] += time_eval(npy, test, 1, warmup=rep == 0)
     for nt in threads:
-        model.num_threads = nt
-        s = summarize(time_eval(model, test, repeats), n_pred)
         out.append({"side": "seqrec_fast C++", "role": "cpp", "threads": nt, "sizes": sizes,
-                    "pinned": {"openmp": nt}, "validated": checks[f"cpp{nt}"], **s})
-        with blas_threads(nt):
-            s = summarize(time_eval(npy, test, repeats), n_pred)
+                    "pinned": {"openmp": nt}, "validated": checks[f"cpp{nt}"],
+                    **summarize(secs[("cpp", nt)], n_pred)})
         out.append({"side": "NumPy reference", "role": "numpy", "threads": nt, "sizes": sizes,
-                    "pinned": {"blas": nt}, "validated": "is the reference", **s})
+                    "pinned": {"blas": nt}, "validated": "is the reference",
+                    **summarize(secs[("numpy", nt)], n_pred)})
     for r in torch_recs:
         out.append({**r, "sizes": sizes})
     out.sort(key=lambda r: (r["threads"], r["role"]))

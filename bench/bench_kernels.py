@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import blas_threads, cpu_model, measure, write_records  # noqa: E402
+from common import blas_threads, cpu_model, measure, measure_interleaved, write_records  # noqa: E402
 
 from seqrec_fast import _core  # noqa: E402
 from seqrec_fast import reference as ref  # noqa: E402
@@ -205,9 +205,9 @@ def run(batches=(32, 512), threads=(1, 2), repeats=30, extra=True):
             case = make_case(B, T)
             check(kind, case)
             for nt in threads:
-                with blas_threads(nt):
-                    r = measure(lambda: fn(ref, case), repeats=repeats)
-                c = measure(lambda: fn(_core, case, nt), repeats=repeats)
+                m = measure_interleaved({"ref": lambda: fn(ref, case), "cpp": lambda: fn(_core, case, nt)},
+                                        repeats=repeats, contexts={"ref": lambda: blas_threads(nt)})
+                r, c = m["ref"], m["cpp"]
                 events = B * T
                 rec = {
                     "case": f"gru_{kind}_fwd_bwd", "B": B, "T": T, "E": E, "H": H,
@@ -223,9 +223,9 @@ def run(batches=(32, 512), threads=(1, 2), repeats=30, extra=True):
             case = make()
             chk(case)
             for nt in threads:
-                with blas_threads(nt):
-                    r = measure(lambda: fref(case), repeats=repeats)
-                c = measure(lambda: fcpp(case, nt), repeats=repeats)
+                m = measure_interleaved({"ref": lambda: fref(case), "cpp": lambda: fcpp(case, nt)},
+                                        repeats=repeats, contexts={"ref": lambda: blas_threads(nt)})
+                r, c = m["ref"], m["cpp"]
                 records.append({
                     "case": name, "sizes": dict(sizes), **sizes, "dtype": "float32", "threads": nt,
                     "isa": _core.ISA,

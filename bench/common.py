@@ -76,6 +76,47 @@ def measure(fn, repeats: int = 30, warmup: int = 3, min_time: float = 0.002) -> 
     }
 
 
+def measure_interleaved(fns: dict, repeats: int = 30, warmup: int = 3, min_time: float = 0.002,
+                        contexts: dict | None = None) -> dict:
+    """:func:`measure` of several callables with their repeats interleaved (r1 of every fn, r2 of
+    every fn, ...), so that a slow spell of a shared machine touches every side alike.
+
+    ``contexts`` maps a name to a zero-argument context-manager factory entered around each of that
+    fn's samples (e.g. BLAS thread pinning). Returns ``{name: measure-like dict}``.
+    """
+    from contextlib import nullcontext
+
+    contexts = contexts or {}
+    inner = {}
+    for name, fn in fns.items():
+        with contexts.get(name, nullcontext)():
+            for _ in range(warmup):
+                fn()
+            t0 = time.perf_counter()
+            fn()
+            one = max(time.perf_counter() - t0, 1e-7)
+        inner[name] = max(1, int(min_time / one))
+    samples: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            with contexts.get(name, nullcontext)():
+                t0 = time.perf_counter()
+                for _ in range(inner[name]):
+                    fn()
+                samples[name].append((time.perf_counter() - t0) / inner[name])
+    out = {}
+    for name, xs in samples.items():
+        xs.sort()
+        out[name] = {
+            "median_s": statistics.median(xs),
+            "p10_s": xs[max(0, int(0.1 * len(xs)))],
+            "p90_s": xs[min(len(xs) - 1, int(0.9 * len(xs)))],
+            "repeats": repeats,
+            "inner": inner[name],
+        }
+    return out
+
+
 def write_records(name: str, records: list[dict]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.jsonl"

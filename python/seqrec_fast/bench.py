@@ -285,40 +285,54 @@ def _train_config(bt, B: int, H: int, sides: Sequence[str], threads, steps: int,
         case = bt.build_case(n_steps=steps, dtype=np.float32, data_path=data_path)
     sizes = {"B": B, "H": H, "n_sample": case.extra["S"], "n_items": case.extra["n_items"],
              "steps": int(case.x.shape[0])}
-    out = []
+    runs = []
     for nt in threads:
-        runs = []
         if "cpp" in sides:
-            runs.append(("seqrec_fast C++", "cpp", lambda st, nt=nt: bt.run_cpp(case, st, nt),
+            runs.append(("seqrec_fast C++", "cpp", nt, lambda st, nt=nt: bt.run_cpp(case, st, nt),
                          {"openmp": nt}, None))
         if "numpy" in sides:
-            runs.append(("NumPy reference", "numpy", lambda st: bt.run_ref(case, st), {"blas": nt},
+            runs.append(("NumPy reference", "numpy", nt, lambda st: bt.run_ref(case, st), {"blas": nt},
                          "blas"))
         if "torch" in sides:
-            runs.append(("PyTorch twin", "torch", lambda st: bt.run_torch(case, st), {"torch": nt},
+            runs.append(("PyTorch twin", "torch", nt, lambda st: bt.run_torch(case, st), {"torch": nt},
                          "torch"))
-        for side, role, fn, pinned, how in runs:
-            if how == "torch":
-                bt.torch.set_num_threads(nt)
+
+    def once(run, warmup: int) -> float:
+        _, _, nt, fn, _, how = run
+        if how == "torch":
+            bt.torch.set_num_threads(nt)
+        if how == "blas":
+            with bt.blas_threads(nt):
+                return bt.time_steps(fn, case.fresh_state, 1, warmup=warmup)[0]
+        return bt.time_steps(fn, case.fresh_state, 1, warmup=warmup)[0]
+
+    # Repeats are interleaved round-robin over every side and thread count (r1: all rows, r2: all
+    # rows, ...): this shared 2-core VM sometimes slows 2-thread runs down several-fold for a minute,
+    # and interleaving spreads such a spell over all rows instead of sinking one row's median.
+    secs: dict[int, list[float]] = {i: [] for i in range(len(runs))}
+    fls: dict[int, list[float]] = {i: [] for i in range(len(runs))}
+    for rep in range(repeats):
+        for i, run in enumerate(runs):
             with bt.ForeignLoad() as fl:
-                if how == "blas":
-                    with bt.blas_threads(nt):
-                        secs = bt.time_steps(fn, case.fresh_state, repeats)
-                else:
-                    secs = bt.time_steps(fn, case.fresh_state, repeats)
-            rates = [case.n_events / s for s in secs]
-            med, p10, p90 = _quantiles(rates)
-            out.append(_rec("train", "train steps (rsc15 setting)", side, role, nt, sizes, median=med,
-                            p10=p10, p90=p90, unit="events/s", higher_is_better=True,
-                            repeats=repeats, pinned=pinned, events=case.n_events,
-                            foreign_load_cores=fl.cores,
-                            seconds_median=statistics.median(secs),
-                            validated={k: {kk: v[kk] for kk in ("steps", "loss_max_rel_diff",
-                                                                 "max_param_diff")}
-                                       for k, v in checks.items()
-                                       if (role == "cpp" and k.startswith("cpp"))
-                                       or (role == "torch" and k == "torch")}
-                            or "is the reference"))
+                secs[i].append(once(run, warmup=1 if rep == 0 else 0))
+            if fl.cores is not None:
+                fls[i].append(fl.cores * secs[i][-1])  # other processes' busy CPU seconds
+    out = []
+    for i, (side, role, nt, _, pinned, _) in enumerate(runs):
+        rates = [case.n_events / x for x in secs[i]]
+        med, p10, p90 = _quantiles(rates)
+        out.append(_rec("train", "train steps (rsc15 setting)", side, role, nt, sizes, median=med,
+                        p10=p10, p90=p90, unit="events/s", higher_is_better=True,
+                        repeats=repeats, pinned=pinned, events=case.n_events,
+                        foreign_load_cores=(sum(fls[i]) / sum(secs[i][:len(fls[i])])
+                                            if fls[i] else None),
+                        seconds_median=statistics.median(secs[i]),
+                        validated={k: {kk: v[kk] for kk in ("steps", "loss_max_rel_diff",
+                                                             "max_param_diff")}
+                                   for k, v in checks.items()
+                                   if (role == "cpp" and k.startswith("cpp"))
+                                   or (role == "torch" and k == "torch")}
+                        or "is the reference"))
     return out
 
 
