@@ -325,6 +325,24 @@ inline float finish_score(const ItemTable& t, float dot, Index j) {
   else return dot + t.bias[j];
 }
 
+// The largest of s[0 .. m), ignoring NaNs (−inf if none), in packets: a scalar `a > b ? a : b`
+// chain cannot be vectorised under strict IEEE semantics and cost as much as the scoring did.
+inline float block_max(const float* s, Index m) {
+  using P = typename Eigen::internal::packet_traits<float>::type;
+  constexpr Index PS = Eigen::internal::unpacket_traits<P>::size;
+  Index l = 0;
+  float best = -INFINITY;
+  if (m >= PS) {
+    P a = Eigen::internal::pset1<P>(-INFINITY);
+    for (; l + PS <= m; l += PS) {
+      a = Eigen::internal::pmax<Eigen::PropagateNumbers>(a, Eigen::internal::ploadu<P>(s + l));
+    }
+    best = Eigen::internal::predux_max<Eigen::PropagateNumbers>(a);
+  }
+  for (; l < m; ++l) best = s[l] > best ? s[l] : best;
+  return best;
+}
+
 // Offers the scores of packed blocks [b0, b1) for MQ queries to their heaps.
 template <TableKind KT, int MQ, int MB = (MQ == 1 ? 4 : 1)>
 void scan_packed(const ItemTable& t, const float* const* h, Index b0, Index b1, TopKHeap** heaps,
@@ -349,9 +367,7 @@ void scan_packed(const ItemTable& t, const float* const* h, Index b0, Index b1, 
       // final scores first (a loop the compiler vectorises), then a cheap scan for candidates
       for (Index l = 0; l < m; ++l) s[l] = finish_score<KT>(t, s[l], j0 + l);
       float thr = heaps[q]->threshold();
-      float best = -INFINITY;  // NaN scores never raise it
-      for (Index l = 0; l < m; ++l) best = s[l] > best ? s[l] : best;
-      if (!(best >= thr)) continue;  // nothing in these blocks can enter (NaN-safe)
+      if (!(block_max(s, m) >= thr)) continue;  // nothing in these blocks can enter (NaN-safe)
       for (Index l = 0; l < m; ++l) {
         if (!(s[l] >= thr)) continue;  // cannot enter (also drops NaN); exclusions checked after
         const Index j = j0 + l;
