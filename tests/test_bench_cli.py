@@ -122,6 +122,16 @@ def test_render_markdown():
             assert len({r.count("|") for r in rows}) == 1
 
 
+def test_render_markdown_marks_noisy_rows():
+    recs = bench.add_speedups(_fake_records())
+    clean = bench.render_markdown(recs, ENV)
+    assert "| 30,000 |" in clean and " † |" not in clean
+    recs[0]["p90"] = recs[0]["p10"] * 2
+    md = bench.render_markdown(recs, ENV)
+    assert "| 30,000 † |" in md
+    assert bench.is_noisy(recs[0]) and not bench.is_noisy(recs[1])
+
+
 def test_render_markdown_flags_foreign_load():
     recs = _fake_records()
     recs[0]["foreign_load_cores"] = 0.9

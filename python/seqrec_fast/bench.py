@@ -61,7 +61,8 @@ SERVING_SIZES_FULL = (3_000, 40_000, 100_000, 1_000_000)
 
 SUITES = ("kernels", "train", "evaluation", "serving")
 
-FOREIGN_LOAD_FLAG = 0.25  # cores of other processes' load above which a row is flagged (bench_train)
+FOREIGN_LOAD_FLAG = 0.25
+NOISY_SPREAD = 1.5  # p90/p10 above which a row is marked † in the report  # cores of other processes' load above which a row is flagged (bench_train)
 
 
 class BenchError(Exception):
@@ -486,6 +487,14 @@ def _ratio(r: dict, k: str) -> str:
     return f"{r[k]:.2f}x" if k in r else ""
 
 
+def is_noisy(r: dict) -> bool:
+    """A row whose spread p90/p10 exceeds NOISY_SPREAD (the machine was disturbed while it ran)."""
+    lo, hi = r.get("p10"), r.get("p90")
+    if not lo or not hi or lo != lo or hi != hi or lo <= 0:
+        return False
+    return max(hi / lo, lo / hi) > NOISY_SPREAD
+
+
 def render_markdown(records: Sequence[dict], env: Optional[dict] = None,
                     command: Optional[str] = None, plots: Sequence[str] = ()) -> str:
     """The Markdown report: an environment header and one table per suite."""
@@ -513,7 +522,9 @@ def render_markdown(records: Sequence[dict], env: Optional[dict] = None,
               "2-thread figures of every side collapse under such load. Rerun on an idle machine before "
               "quoting them."]
     L += ["", "Every case was validated against the NumPy reference before it was timed. Speed-ups are "
-          "ratios of medians at the same thread count (> 1: seqrec_fast C++ is faster).", ""]
+          "ratios of medians at the same thread count (> 1: seqrec_fast C++ is faster). A † after a "
+          f"median marks a spread p90/p10 above {NOISY_SPREAD:g}: the machine was disturbed during that row; "
+          "read its ratios with care.", ""]
     titles = {"kernels": "Kernels (GRU forward + backward, loss, optimizer, top-k, rank counts)",
               "train": "Training (steps per second)",
               "evaluation": "Full-ranking evaluation (evaluate() end to end, all items ranked)",
@@ -535,7 +546,8 @@ def render_markdown(records: Sequence[dict], env: Optional[dict] = None,
             u = r["unit"]
             L.append(f"| {r['case']} | {_sizes_txt(r['sizes'])} | {r['side']} "
                      f"| {r.get('precision', r.get('dtype', ''))} | {r['threads']} "
-                     f"| {_fmt_val(r['median'], u)} | {_fmt_val(r['p10'], u)} | {_fmt_val(r['p90'], u)} "
+                     f"| {_fmt_val(r['median'], u)}{' †' if is_noisy(r) else ''} "
+                     f"| {_fmt_val(r['p10'], u)} | {_fmt_val(r['p90'], u)} "
                      f"| {r['repeats']} | {_ratio(r, 'speedup_vs_numpy')} | {_ratio(r, 'speedup_vs_torch')} |")
         L.append("")
     if plots:
