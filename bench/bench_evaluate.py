@@ -37,7 +37,7 @@ from typing import Optional
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import blas_threads, cpu_model, write_records  # noqa: E402
+from common import blas_threads, cpu_model, settle, write_records  # noqa: E402
 
 # seqrec_fast's C++ module and torch are imported lazily: the torch worker (--torch-worker) must never
 # load seqrec_fast's OpenMP runtime. seqrec_fast.evaluate / .data / .metrics / .synthetic are pure
@@ -211,7 +211,9 @@ def bench_size(N: int, threads, quick: bool, repeats: int, torch_side: bool) -> 
     for rep in range(repeats):
         for nt in threads:
             model.num_threads = nt
+            settle()
             secs[("cpp", nt)] += time_eval(model, test, 1, warmup=rep == 0)
+            settle()
             with blas_threads(nt):
                 secs[("numpy", nt)] += time_eval(npy, test, 1, warmup=rep == 0)
     for nt in threads:

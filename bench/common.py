@@ -76,13 +76,28 @@ def measure(fn, repeats: int = 30, warmup: int = 3, min_time: float = 0.002) -> 
     }
 
 
+SETTLE_S = 0.1  # pause before switching library: OpenBLAS / libgomp workers spin-wait after a call
+
+
+def settle(seconds: float = SETTLE_S) -> None:
+    """Let the previous side's thread pool stop spinning before the next side is timed.
+
+    OpenBLAS's idle workers busy-wait for a while after each call (blas_thread_server), and libgomp's
+    do too; on a 2-core machine a 2-thread run that starts right after the other library's 2-thread run
+    shares a core with a spinning thread and runs several times slower.
+    """
+    time.sleep(seconds)
+
+
 def measure_interleaved(fns: dict, repeats: int = 30, warmup: int = 3, min_time: float = 0.002,
-                        contexts: dict | None = None) -> dict:
-    """:func:`measure` of several callables with their repeats interleaved (r1 of every fn, r2 of
-    every fn, ...), so that a slow spell of a shared machine touches every side alike.
+                        contexts: dict | None = None, rounds: int = 3) -> dict:
+    """:func:`measure` of several callables, their repeats split into ``rounds`` blocks that alternate
+    between the callables (block 1 of every fn, block 2 of every fn, ...), with a :func:`settle` pause
+    before each block: a slow spell of a shared machine then touches every side alike, and no side
+    is timed while another library's workers still spin.
 
     ``contexts`` maps a name to a zero-argument context-manager factory entered around each of that
-    fn's samples (e.g. BLAS thread pinning). Returns ``{name: measure-like dict}``.
+    fn's blocks (e.g. BLAS thread pinning). Returns ``{name: measure-like dict}``.
     """
     from contextlib import nullcontext
 
@@ -97,13 +112,18 @@ def measure_interleaved(fns: dict, repeats: int = 30, warmup: int = 3, min_time:
             one = max(time.perf_counter() - t0, 1e-7)
         inner[name] = max(1, int(min_time / one))
     samples: dict = {name: [] for name in fns}
-    for _ in range(repeats):
+    rounds = max(1, min(rounds, repeats))
+    for rd in range(rounds):
+        n_rd = repeats * (rd + 1) // rounds - repeats * rd // rounds
         for name, fn in fns.items():
+            settle()
             with contexts.get(name, nullcontext)():
-                t0 = time.perf_counter()
-                for _ in range(inner[name]):
-                    fn()
-                samples[name].append((time.perf_counter() - t0) / inner[name])
+                fn()  # one untimed call: caches and thread pool warm again
+                for _ in range(n_rd):
+                    t0 = time.perf_counter()
+                    for _ in range(inner[name]):
+                        fn()
+                    samples[name].append((time.perf_counter() - t0) / inner[name])
     out = {}
     for name, xs in samples.items():
         xs.sort()

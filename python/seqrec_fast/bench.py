@@ -62,7 +62,8 @@ SERVING_SIZES_FULL = (3_000, 40_000, 100_000, 1_000_000)
 SUITES = ("kernels", "train", "evaluation", "serving")
 
 FOREIGN_LOAD_FLAG = 0.25
-NOISY_SPREAD = 1.5  # p90/p10 above which a row is marked † in the report  # cores of other processes' load above which a row is flagged (bench_train)
+NOISY_SPREAD = 1.5
+SETTLE_S = 0.1  # pause between sides: OpenBLAS / libgomp workers spin-wait after a call  # p90/p10 above which a row is marked † in the report  # cores of other processes' load above which a row is flagged (bench_train)
 
 
 class BenchError(Exception):
@@ -314,6 +315,7 @@ def _train_config(bt, B: int, H: int, sides: Sequence[str], threads, steps: int,
     fls: dict[int, list[float]] = {i: [] for i in range(len(runs))}
     for rep in range(repeats):
         for i, run in enumerate(runs):
+            time.sleep(SETTLE_S)  # the previous side's thread pool stops spinning (see bench/common.py)
             with bt.ForeignLoad() as fl:
                 secs[i].append(once(run, warmup=1 if rep == 0 else 0))
             if fl.cores is not None:
