@@ -132,6 +132,16 @@ def test_render_markdown_marks_noisy_rows():
     assert bench.is_noisy(recs[0]) and not bench.is_noisy(recs[1])
 
 
+def test_render_markdown_lists_rows_slower_on_more_threads():
+    recs = _fake_records()
+    assert bench.slower_with_more_threads(recs) == []
+    assert "**Check:**" not in bench.render_markdown(recs, ENV)
+    two = next(r for r in recs if r["suite"] == "train" and r["role"] == "cpp" and r["threads"] == 2)
+    two["median"] = 1.0  # events/s: lower than its 1-thread row
+    assert bench.slower_with_more_threads(recs) == [two]
+    assert "**Check:**" in bench.render_markdown(recs, ENV)
+
+
 def test_render_markdown_flags_foreign_load():
     recs = _fake_records()
     recs[0]["foreign_load_cores"] = 0.9

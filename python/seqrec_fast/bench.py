@@ -63,6 +63,7 @@ SUITES = ("kernels", "train", "evaluation", "serving")
 
 FOREIGN_LOAD_FLAG = 0.25
 NOISY_SPREAD = 1.5
+SLOWER_TOLERANCE = 1.2  # a row > 20% slower on more threads is listed as suspect
 SETTLE_S = 0.1  # pause between sides: OpenBLAS / libgomp workers spin-wait after a call  # p90/p10 above which a row is marked † in the report  # cores of other processes' load above which a row is flagged (bench_train)
 
 
@@ -497,6 +498,27 @@ def is_noisy(r: dict) -> bool:
     return max(hi / lo, lo / hi) > NOISY_SPREAD
 
 
+def slower_with_more_threads(records: Sequence[dict]) -> list[dict]:
+    """Records whose median is worse, by more than SLOWER_TOLERANCE, than the same suite, case, sizes,
+    side and precision at a smaller thread count (a sign of a disturbed machine on a 2-core VM; code
+    that does not use the second thread stays within the tolerance)."""
+    by: dict[tuple, list[dict]] = {}
+    for r in records:
+        k = (r["suite"], r["case"], json.dumps(r["sizes"], sort_keys=True), r["side"],
+             r.get("precision", "float32"))
+        by.setdefault(k, []).append(r)
+    out = []
+    for rows in by.values():
+        rows = sorted(rows, key=lambda r: r["threads"])
+        for a, b in zip(rows, rows[1:]):
+            if b["threads"] > a["threads"] and a["median"] and b["median"]:
+                ratio = a["median"] / b["median"] if b["higher_is_better"] else b["median"] / a["median"]
+                worse = ratio > SLOWER_TOLERANCE
+                if worse:
+                    out.append(b)
+    return out
+
+
 def render_markdown(records: Sequence[dict], env: Optional[dict] = None,
                     command: Optional[str] = None, plots: Sequence[str] = ()) -> str:
     """The Markdown report: an environment header and one table per suite."""
@@ -523,6 +545,14 @@ def render_markdown(records: Sequence[dict], env: Optional[dict] = None,
               f"{len(busy)} training row(s) (`foreign_load_cores` in records.jsonl); on a 2-core machine the "
               "2-thread figures of every side collapse under such load. Rerun on an idle machine before "
               "quoting them."]
+    slow = slower_with_more_threads(records)
+    if slow:
+        L += ["", "**Check:** these rows ran more than 20% slower on more threads than on fewer for the same "
+              "side and case, "
+              "which on this kind of shared VM means a slow spell of the host rather than the code (rerun "
+              "them alone to confirm): "
+              + "; ".join(f"{r['suite']} {r['case']} {_sizes_txt(r['sizes'])} {r['side']} "
+                          f"{r.get('precision', 'float32')} {r['threads']}t" for r in slow) + "."]
     L += ["", "Every case was validated against the NumPy reference before it was timed. Speed-ups are "
           "ratios of medians at the same thread count (> 1: seqrec_fast C++ is faster). A † after a "
           f"median marks a spread p90/p10 above {NOISY_SPREAD:g}: the machine was disturbed during that row; "
