@@ -610,6 +610,7 @@ def write_plots(records: Sequence[dict], out_dir: os.PathLike | str) -> list[Pat
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
     except ImportError:
         print("NOTE: matplotlib is not installed; plots skipped (pip install 'seqrec-fast[bench]')",
               file=sys.stderr)
@@ -702,6 +703,7 @@ def write_plots(records: Sequence[dict], out_dir: os.PathLike | str) -> list[Pat
                         ax.plot(*zip(*q), fmt, label=f"vs {'NumPy' if base == 'numpy' else 'PyTorch'}, {nt}t")
             ax.axhline(1.0, color="grey", lw=0.8)
             ax.set_xscale("log", base=10 if xkey == "N" else 2)
+            ax.xaxis.set_minor_formatter(NullFormatter())  # no crowded minor labels on short ranges
             ax.set_yscale("log")
             ax.set_xlabel(xkey)
             ax.set_ylabel("speed-up of seqrec_fast C++ (x)")
