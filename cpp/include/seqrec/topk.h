@@ -392,7 +392,7 @@ void topk_drive(Index n, Index units, Index unit, Index D, const float* H, Index
   if (n < num_threads) {
     // few queries: split the units across threads, merge the per-thread heaps
     for (Index q = 0; q < n; ++q) {
-      const int p = static_cast<int>(std::min<Index>(num_threads, std::max<Index>(1, units * unit / 1024)));
+      const int p = static_cast<int>(std::min<Index>(num_threads, std::max<Index>(1, units * unit / 512)));
       std::vector<Cands> parts(static_cast<size_t>(p));
       parallel_for(p, p, [&](Index a0, Index a1) {
         std::vector<float> scratch;
