@@ -666,6 +666,47 @@ try:
                 benchmark.pedantic(fn, setup=lambda: ((case.fresh_state(),), {}), rounds=3)
         else:
             benchmark.pedantic(fn, setup=lambda: ((case.fresh_state(),), {}), rounds=5)
+
+    _EPOCH: dict = {}
+
+    def _epoch_case() -> Case:
+        """Every step of one epoch of the training data, pre-drawn as SessionRNN.fit draws them."""
+        if "case" not in _EPOCH:
+            _EPOCH["case"] = build_case(n_steps=10**9)
+        return _EPOCH["case"]
+
+    @pytest.mark.parametrize("side", ["cpp1", "cpp2", "ref1", "torch1"])
+    def test_train_epoch(benchmark, small_case, side):
+        """One training epoch: SessionRNN.fit (Python chunk loop, sampling, C++ train_chunk) for C++,
+        checked against the reference first (small_case); the reference trainer and the PyTorch twin
+        over the same epoch's pre-drawn steps."""
+        data, source = load_data()
+        nt = int(side[-1])
+        name = "rsc15_100k" if "rsc15" in source else "synthetic"
+        events = int(session_parallel_schedule(data.items, data.offsets, SETTING["batch_size"]).n_events)
+        benchmark.group = f"train one epoch ({name}, {events:,} events, rsc15 setting)"
+        benchmark.extra_info["events"] = events
+        if side.startswith("cpp"):
+            def fit():
+                m = SessionRNN(**SETTING, n_epochs=1, seed=0, num_threads=nt, progress=False,
+                               verbose=False)
+                m.fit(data)
+                assert np.isfinite(m.history_[0]["loss"]) and m.history_[0]["events"] == events
+                return m
+
+            benchmark.pedantic(fit, rounds=3, iterations=1, warmup_rounds=0)
+            return
+        case = _epoch_case()
+        if side.startswith("ref"):
+            with blas_threads(nt):
+                benchmark.pedantic(lambda st: run_ref(case, st),
+                                   setup=lambda: ((case.fresh_state(),), {}), rounds=1)
+        else:
+            if not _import_torch():
+                pytest.skip("torch not installed")
+            torch.set_num_threads(nt)
+            benchmark.pedantic(lambda st: run_torch(case, st),
+                               setup=lambda: ((case.fresh_state(),), {}), rounds=1)
 except ImportError:  # pragma: no cover
     pass
 

@@ -1,6 +1,7 @@
 """pytest configuration for the benchmark suite.
 
-    pytest bench/ --benchmark-only            # every case (kernels, training steps, evaluation, serving)
+    pytest bench/ --benchmark-only            # every case (kernels, training steps and epoch, evaluation,
+                                              # serving)
     pytest bench/ --benchmark-only --quick    # smoke test for CI: small cases, few rounds (< 1 min)
 
 The benchmark scripts are named ``bench_*.py`` (they are also runnable as scripts); this file adds that
@@ -9,7 +10,7 @@ the NumPy reference before it is timed; the PyTorch cases skip when torch is not
 
 ``--quick`` (or the environment variable ``SEQREC_BENCH_QUICK=1``) keeps only the cases marked small
 (kernels at B = 32, evaluation and serving at N = 3000, one thread on the C++ side of training and
-evaluation plus the reference) and
+evaluation plus the reference; the training epoch on the C++ side, one thread) and
 caps pytest-benchmark at a few rounds of at most 0.1 s per case. ``-m quick`` selects the same cases
 without changing the timing settings.
 """
@@ -21,7 +22,8 @@ import os
 import pytest
 
 # Parameter ids that are too slow for the quick mode (matched against the test's node id).
-_SLOW_IDS = ("-512]", "512-", "40000", "cpp2", "torch2", "idiomatic1", "test_recommend_batch")
+_SLOW_IDS = ("-512]", "512-", "40000", "cpp2", "torch2", "idiomatic1", "test_recommend_batch",
+             "test_train_epoch[ref", "test_train_epoch[torch")
 
 
 def pytest_addoption(parser):
