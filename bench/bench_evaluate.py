@@ -263,22 +263,22 @@ def torch_worker(path: str, threads, repeats: int) -> list[dict]:
     test = SessionData(z["items"], z["offsets"], np.arange(N))
     scorer = TorchScorer(w)
     out = []
+    ref_res = _RefResult(z["ref_ranks"], *z["ref_metrics"])
     for nt in threads:
         torch.set_num_threads(nt)
-        res = evaluate(scorer, test, batch_size=BATCH)
-        a = agreement(res.ranks, z["ref_ranks"], res, _Metrics(*z["ref_metrics"]))
-        if a["identical_ranks"] < MIN_IDENTICAL or a["recall20_diff"] > METRIC_TOL \
-                or a["mrr20_diff"] > METRIC_TOL:
-            raise AssertionError(f"torch evaluation at N={N} disagrees with the NumPy reference: {a}")
-        s = summarize(time_eval(scorer, test, repeats), int(res.n_events))
+        a = check_agreement(f"torch ({nt} threads)", N, evaluate(scorer, test, batch_size=BATCH), ref_res)
+        s = summarize(time_eval(scorer, test, repeats), ref_res.ranks.size)
         out.append({"side": "PyTorch", "role": "torch", "threads": nt, "pinned": {"torch": nt},
                     "validated": a, "torch": torch.__version__, **s})
         print(f"  torch N={N} threads={nt}: {s['median_s']:.3f} s", file=sys.stderr)
     return out
 
 
-class _Metrics:
-    def __init__(self, recall20: float, mrr20: float):
+class _RefResult:
+    """The parts of the reference's EvalResult that check_agreement reads (shipped to the worker)."""
+
+    def __init__(self, ranks: np.ndarray, recall20: float, mrr20: float):
+        self.ranks = ranks
         self.metrics = {"recall@20": float(recall20), "mrr@20": float(mrr20)}
 
 

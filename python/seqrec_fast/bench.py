@@ -620,6 +620,13 @@ def write_plots(records: Sequence[dict], out_dir: os.PathLike | str) -> list[Pat
     written: list[Path] = []
     style = {"cpp": "-o", "numpy": "--s", "torch": ":^", "other": "-.x"}
 
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        p = out_dir / name
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        written.append(p)
+
     def band(ax, pts, fmt, label):
         xs = [x for x, _ in pts]
         ax.plot(xs, [r["median"] for _, r in pts], fmt, label=label)
@@ -643,11 +650,7 @@ def write_plots(records: Sequence[dict], out_dir: os.PathLike | str) -> list[Pat
             ax.set_title(title)
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        p = out_dir / "train_events_per_s.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
+        save(fig, "train_events_per_s.png")
 
     # (2) serving latency vs N (log axes)
     serving = [r for r in records if r["suite"] == "serving" and r["case"].startswith("single")]
@@ -665,11 +668,7 @@ def write_plots(records: Sequence[dict], out_dir: os.PathLike | str) -> list[Pat
         ax.set_title("serving: one GRU step + top-20")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        p = out_dir / "serving_latency_vs_N.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
+        save(fig, "serving_latency_vs_N.png")
 
     # (3) speed-ups over NumPy and PyTorch
     panels = []
@@ -710,11 +709,7 @@ def write_plots(records: Sequence[dict], out_dir: os.PathLike | str) -> list[Pat
             ax.set_title(title, fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=6)
-        fig.tight_layout()
-        p = out_dir / "speedup.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
+        save(fig, "speedup.png")
     return written
 
 

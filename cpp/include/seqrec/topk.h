@@ -6,6 +6,8 @@
 // once per query block. The target's score is read from the same product that scores every other
 // item, so an item never compares unequal with itself through rounding.
 // Parallel: over query blocks (each thread owns its buffer); deterministic for any thread count.
+// That Eigen-blocked version serves float64; float32 goes through rank_counts_packed (below): register
+// tiles against a packed table, no score buffer at all.
 // Also: topk_scores, the serving kernel: per query the K best items by score, with exclusions and
 // ties to the lower item index, fused with blocked scoring (no N-sized temporary per query; the
 // table is read once per query block). Every score is computed by the same fixed-order dot
