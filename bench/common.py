@@ -5,35 +5,26 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from seqrec_fast.bench import _commit, _cpu_model  # pure Python: loads no OpenMP runtime
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU model name (the same helper `seqrec bench` records)."""
+    return _cpu_model()
 
 
 def commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, check=False)
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
+    """The short commit of this checkout, marked -dirty when tracked files are modified."""
+    return _commit(Path(__file__).resolve().parent)
 
 
 @contextmanager
