@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import _core, reference
+from .. import _core, reference
 
 __all__ = [
     "MAX_SEEN",

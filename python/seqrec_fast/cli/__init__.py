@@ -1,0 +1,82 @@
+"""The ``seqrec`` command line.
+
+One module per command group (``data``, ``baseline``, ``demo``, ``model``, ``serve``, ``bench``); each
+defines ``_register_<name>(subparsers)`` adding one subparser with ``set_defaults(func=...)`` (``args -> int``).
+Adding a command is writing such a function in its group's module and listing it in
+:data:`COMMAND_REGISTRARS`.
+
+User errors (bad path, bad format, bad file, bad value) print ``seqrec: error: ...`` on stderr and exit
+with status 2, without a traceback; argparse misuse exits 2 as usual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Callable
+
+from .baseline import _register_baseline
+from .bench import _register_bench
+from .common import EXIT_USAGE, CLIError, write_json_atomic
+from .data import _register_data
+from .demo import _register_demo
+from .model import _register_evaluate, _register_recommend, _register_train
+from .serve import _register_serve
+
+__all__ = ["COMMAND_REGISTRARS", "CLIError", "build_parser", "main", "write_json_atomic"]
+
+COMMAND_REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _register_data,
+    _register_baseline,
+    _register_demo,
+    _register_train,
+    _register_evaluate,
+    _register_recommend,
+    _register_serve,
+    _register_bench,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``seqrec`` argument parser with every registered command."""
+    parser = argparse.ArgumentParser(
+        prog="seqrec",
+        description="Session-based recommendation with recurrent networks (GRU4Rec family): data "
+        "preparation, baselines, training and evaluation.",
+    )
+    try:
+        from .. import __version__ as version
+    except ImportError:  # pragma: no cover
+        version = "unknown"
+    parser.add_argument("--version", action="version", version=f"seqrec {version}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for register in COMMAND_REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 user error or misuse)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or misuse (2); argparse already printed the message
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
+    try:
+        return int(args.func(args) or 0)
+    except (
+        CLIError,
+        FileNotFoundError,
+        ValueError,
+        ImportError,
+        IsADirectoryError,
+        PermissionError,
+    ) as e:
+        print(f"seqrec: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("seqrec: interrupted", file=sys.stderr)
+        return 130
+

@@ -1,0 +1,5 @@
+"""``python -m seqrec_fast.cli``."""
+
+from . import main
+
+raise SystemExit(main())
