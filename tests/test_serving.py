@@ -1,4 +1,4 @@
-"""Recommender and SessionStore (serving.py): agreement with SessionRNN on whole prefixes, the
+"""Recommender and SessionStore (serving/recommender.py): agreement with SessionRNN on whole prefixes, the
 session store (LRU, TTL, thread safety), unknown-item policies, batches, reduced precision."""
 
 from __future__ import annotations

@@ -583,7 +583,7 @@ class Recommender:
     def _prefix_states(self, prefixes, max_prefixes: int) -> np.ndarray:
         """Top-layer states (n, H_L) after each prefix. A SessionData contributes every prefix of
         every session (all outputs of one pass per session)."""
-        from .data import SessionData
+        from ..data import SessionData
 
         states = []
         if isinstance(prefixes, SessionData):
