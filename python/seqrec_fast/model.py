@@ -25,7 +25,6 @@ import functools
 import inspect
 import json
 import math
-import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -34,6 +33,7 @@ import numpy as np
 from . import _core
 from .data import SessionData
 from .sampling import AliasSampler
+from .threads import default_num_threads
 from .train import Schedule, Throughput, session_parallel_schedule
 
 __all__ = ["NonFiniteLossError", "SessionRNN"]
@@ -50,10 +50,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    # affinity mask, cgroup CPU quota and SEQREC_NUM_THREADS / OMP_NUM_THREADS (threads.py)
+    return default_num_threads()
 
 
 class SessionRNN:

@@ -51,6 +51,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .serving import Recommender, UnknownItemError
+from .threads import default_num_threads
 
 __all__ = ["Metrics", "app_from_env", "create_app", "serve"]
 
@@ -279,10 +280,7 @@ def create_app(
     rec = recommender
     k_max = max(1, min(int(max_k), rec.n_items))
     if max_concurrency is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # pragma: no cover - not Linux
-            cores = os.cpu_count() or 1
+        cores = default_num_threads()  # affinity mask and cgroup CPU quota (threads.py)
         max_concurrency = max(1, cores // rec.num_threads)
     metrics = Metrics()
     # One pool per process for the kernel calls (DESIGN.md §3.5). A plain executor: measured on the
