@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "seqrec/parallel.h"
+#include "seqrec/rank.h"
 #include "seqrec/sequence.h"
 #include "seqrec/topk.h"
 #include "seqrec/train.h"
@@ -1240,6 +1241,146 @@ py::tuple step_topk(const std::string& cell, const std::string& embedding, py::o
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Re-ranking a candidate list (rank.h), alone and fused with one step.
+
+// candidates: int32 (n, C), every entry in [0, N).
+const std::int32_t* parse_candidates(const Args& a, py::handle cand_, Index n, Index N, Index& C,
+                                     std::vector<py::array>& keep) {
+  auto ca = a.array<std::int32_t>(cand_, "candidates", {n, ANY}, "(n, C)");
+  C = ca.shape(1);
+  return index_array(a, ca, "candidates", {n, C}, "(n, C)", 0, static_cast<std::int32_t>(N), keep);
+}
+
+template <class T>
+py::tuple rank_run(Index n, Index D, const T* H, const T* W, const T* b, Index C,
+                   const std::int32_t* cand, int nt) {
+  py::array_t<std::int32_t> idx({n, C});
+  py::array_t<T> sc({n, C});
+  {
+    py::gil_scoped_release release;
+    seqrec::FlushDenormals ftz;
+    seqrec::rank_candidates<T>(n, D, H, W, b, C, cand, idx.mutable_data(), sc.mutable_data(), nt);
+  }
+  return py::make_tuple(idx, sc);
+}
+
+template <class T>
+py::tuple rank_candidates_impl(const Args& a, py::handle H_, py::handle W_, py::handle b_,
+                               py::handle cand_, int nt) {
+  auto H = a.array<T>(H_, "H", {ANY, ANY}, "(n, D)");
+  const Index n = H.shape(0), D = H.shape(1);
+  auto W = a.array<T>(W_, "W_y", {ANY, D}, "(N, D)");
+  const Index N = W.shape(0);
+  if (N < 1) a.value_error("W_y has N = 0 items");
+  auto b = a.array<T>(b_, "b_y", {N}, "(N,)");
+  std::vector<py::array> keep;
+  Index C;
+  const std::int32_t* cand = parse_candidates(a, cand_, n, N, C, keep);
+  return rank_run<T>(n, D, cptr<T>(H), cptr<T>(W), cptr<T>(b), C, cand, nt);
+}
+
+py::tuple rank_candidates(py::object H, py::object W_y, py::object b_y, py::object candidates,
+                          int num_threads) {
+  Args a{"rank_candidates"};
+  const int nt = a.threads(num_threads);
+  if (dtype_of(a, H, "H") == DType::F32) return rank_candidates_impl<float>(a, H, W_y, b_y, candidates, nt);
+  return rank_candidates_impl<double>(a, H, W_y, b_y, candidates, nt);
+}
+
+template <Cell K, class T>
+py::tuple step_rank_impl(const Args& a, const std::string& embedding, py::handle weights,
+                         py::handle E_in_, py::handle W_y_, py::handle b_y_, py::handle h_,
+                         py::handle c_, py::handle items_, py::handle cand_, int nt) {
+  auto W_y = a.array<T>(W_y_, "W_y", {ANY, ANY}, "(N, H_L)");
+  const Index N = W_y.shape(0), HL = W_y.shape(1);
+  if (N < 1) a.value_error("W_y has N = 0 items");
+  auto b_y = a.array<T>(b_y_, "b_y", {N}, "(N,)");
+  const bool onehot = embedding == "onehot", separate = embedding == "separate";
+  if (!onehot && !separate && embedding != "constrained") {
+    a.value_error("embedding must be 'constrained', 'separate' or 'onehot'; got '" + embedding + "'");
+  }
+  py::array E_in;
+  Index I0 = HL;
+  if (separate) {
+    E_in = a.array<T>(E_in_, "E_in", {N, ANY}, "(N, E)");
+    I0 = E_in.shape(1);
+  } else if (onehot) {
+    I0 = N;
+  }
+  auto st = parse_weights<T>(a, K, weights, I0);
+  const Index L = static_cast<Index>(st.params.size());
+  if (st.params[L - 1].H != HL) a.value_error("the last layer's width must equal W_y's columns");
+  auto items_a = a.array<std::int32_t>(items_, "items", {ANY}, "(n,)");
+  const Index n = items_a.shape(0);
+  if (n < 1) a.value_error("items is empty");
+  std::vector<py::array> keep;
+  const std::int32_t* items = index_array(a, items_a, "items", {n}, "(n,)", 0, static_cast<std::int32_t>(N), keep);
+  if (!py::isinstance<py::sequence>(h_) || py::len(h_) != static_cast<size_t>(L)) {
+    a.type_error("h must be a list of " + std::to_string(L) + " arrays (n, H_l)");
+  }
+  std::vector<T*> h(L), c(L, nullptr);
+  auto hs = py::reinterpret_borrow<py::sequence>(h_);
+  for (Index l = 0; l < L; ++l) {
+    auto x = a.array<T>(hs[l], "h[" + std::to_string(l) + "]", {n, st.params[l].H}, "(n, H_l)");
+    keep.push_back(x);
+    h[l] = writable<T>(a, x, "h");
+  }
+  if constexpr (K == Cell::LSTM) {
+    if (c_.is_none() || !py::isinstance<py::sequence>(c_) || py::len(c_) != static_cast<size_t>(L)) {
+      a.type_error("c must be a list of " + std::to_string(L) + " arrays (n, H_l) for lstm");
+    }
+    auto cs = py::reinterpret_borrow<py::sequence>(c_);
+    for (Index l = 0; l < L; ++l) {
+      auto x = a.array<T>(cs[l], "c[" + std::to_string(l) + "]", {n, st.params[l].H}, "(n, H_l)");
+      keep.push_back(x);
+      c[l] = writable<T>(a, x, "c");
+    }
+  } else if (!c_.is_none()) {
+    a.value_error("c must be None for a cell without memory cell");
+  }
+  Index C;
+  const std::int32_t* cand = parse_candidates(a, cand_, n, N, C, keep);
+  py::array_t<std::int32_t> idx({n, C});
+  py::array_t<T> sc({n, C});
+  {
+    py::gil_scoped_release release;
+    seqrec::FlushDenormals ftz;
+    std::vector<T> X(onehot ? 0 : n * I0);
+    if (!onehot) {
+      const T* table = separate ? cptr<T>(E_in) : cptr<T>(W_y);
+      for (Index r = 0; r < n; ++r) std::copy(table + Index(items[r]) * I0, table + Index(items[r] + 1) * I0, X.data() + r * I0);
+    }
+    seqrec::stack_step<K, T>(n, st.params, X.data(), onehot ? items : nullptr, h, c, nt);
+    seqrec::rank_candidates<T>(n, HL, h[L - 1], cptr<T>(W_y), cptr<T>(b_y), C, cand,
+                               idx.mutable_data(), sc.mutable_data(), nt);
+  }
+  return py::make_tuple(idx, sc);
+}
+
+template <class T>
+py::tuple step_rank_cell(Cell kc, const Args& a, const std::string& embedding, py::handle weights,
+                         py::handle E_in, py::handle W_y, py::handle b_y, py::handle h, py::handle c,
+                         py::handle items, py::handle cand, int nt) {
+  switch (kc) {
+    case Cell::RNN: return step_rank_impl<Cell::RNN, T>(a, embedding, weights, E_in, W_y, b_y, h, c, items, cand, nt);
+    case Cell::GRU: return step_rank_impl<Cell::GRU, T>(a, embedding, weights, E_in, W_y, b_y, h, c, items, cand, nt);
+    default: return step_rank_impl<Cell::LSTM, T>(a, embedding, weights, E_in, W_y, b_y, h, c, items, cand, nt);
+  }
+}
+
+py::tuple step_rank(const std::string& cell, const std::string& embedding, py::object weights,
+                    py::object E_in, py::object W_y, py::object b_y, py::object h, py::object c,
+                    py::object items, py::object candidates, int num_threads) {
+  Args a{"step_rank"};
+  const Cell kc = parse_cell(a, cell);
+  const int nt = a.threads(num_threads);
+  if (dtype_of(a, W_y, "W_y") == DType::F32) {
+    return step_rank_cell<float>(kc, a, embedding, weights, E_in, W_y, b_y, h, c, items, candidates, nt);
+  }
+  return step_rank_cell<double>(kc, a, embedding, weights, E_in, W_y, b_y, h, c, items, candidates, nt);
+}
+
 // Whether the running CPU (and OS) supports an instruction-set feature; the Python loader uses it to
 // pick the fastest module variant that is safe to import.
 bool cpu_supports(const std::string& feature) {
@@ -1362,6 +1503,19 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
         "One serving event for n sessions in one call: advance the states h (and c) in place by\n"
         "items (n,) int32, then the top k of the new outputs (see topk). table/scales: an optional\n"
         "reduced-precision copy of W_y for scoring. Returns (idx, scores).");
+  m.def("rank_candidates", &rank_candidates, py::arg("H"), py::arg("W_y"), py::arg("b_y"),
+        py::arg("candidates"), py::arg("num_threads") = 1,
+        "Scores only the candidate rows of the item table and orders them, per query.\n\n"
+        "H (n, D), W_y (N, D), b_y (N,): float32 or float64, one dtype; candidates (n, C) int32 in\n"
+        "[0, N) (callers drop duplicates). Score y_j = H·W_y[j] + b_y[j] (float32: bit-identical to\n"
+        "topk over pack_table(W_y)). Order: higher score first, NaN last, ties to the lower index.\n"
+        "Returns (idx int32 (n, C) the candidates in that order, scores (n, C)).");
+  m.def("step_rank", &step_rank, py::arg("cell"), py::arg("embedding"), py::arg("weights"),
+        py::arg("E_in"), py::arg("W_y"), py::arg("b_y"), py::arg("h"), py::arg("c"), py::arg("items"),
+        py::arg("candidates"), py::arg("num_threads") = 1,
+        "One event and a re-ranking in one call: advance the states h (and c) in place by items (n,)\n"
+        "int32 (as step_topk), then rank_candidates of the new outputs against candidates (n, C).\n"
+        "float32 or float64 (the dtype of W_y). Returns (idx, scores).");
   m.def("score_rank_counts", &score_rank_counts, py::arg("H"), py::arg("W_y"), py::arg("b_y"),
         py::arg("target"), py::arg("num_threads") = 1,
         "Counts, per query, the items scoring above and at least the target's score.\n\n"

@@ -703,6 +703,58 @@ def step_topk(cell, embedding, weights, E_in, W_y, b_y, h, c, items, k, exclude=
                 scales if table is not None else None)
 
 
+def rank_candidates(H, W_y, b_y, candidates, num_threads: int = 1):
+    """Scores of each query's candidate items only, in ranking order.
+
+    Parameters
+    ----------
+    H : float32 or float64 (n, D)
+    W_y : (N, D), same dtype
+    b_y : (N,), same dtype
+    candidates : int32 (n, C), item indices in [0, N) (no duplicates within a row)
+
+    Returns
+    -------
+    idx : int32 (n, C), each row's candidates ordered by score, higher first; NaN scores last;
+        ties go to the lower item index
+    scores : (n, C) of H's dtype, ``H[q]·W_y[j] + b_y[j]`` for ``j = idx[q, i]``
+    """
+    cand = np.asarray(candidates)
+    n, C = cand.shape
+    S = np.einsum("qd,qcd->qc", H, W_y[cand]) + b_y[cand]
+    idx = np.empty((n, C), np.int32)
+    sc = np.empty((n, C), S.dtype)
+    for q in range(n):
+        # lexsort: last key is primary; NaN sorts last (np.nan is not < anything)
+        key = np.where(np.isnan(S[q]), np.inf, -S[q])
+        order = np.lexsort((cand[q], np.isnan(S[q]), key))
+        idx[q] = cand[q][order]
+        sc[q] = S[q][order]
+    return idx, sc
+
+
+def step_rank(cell, embedding, weights, E_in, W_y, b_y, h, c, items, candidates,
+              num_threads: int = 1):
+    """One event and a re-ranking: advance the states by ``items`` (as :func:`step_topk`, h and c
+    updated in place), then :func:`rank_candidates` of the new outputs against ``candidates``
+    (int32 (n, C)). Returns (idx, scores)."""
+    items = np.asarray(items)
+    n = len(items)
+    W = list(weights)
+    if embedding == "onehot":
+        X = W[0][0][items]
+        W[0] = (np.eye(X.shape[1], dtype=X.dtype), W[0][1], W[0][2])
+    else:
+        X = (W_y if embedding == "constrained" else E_in)[items]
+    Y, h_last, c_last, _ = sequence_forward(cell, X.reshape(1, n, -1), list(h),
+                                            list(c) if c is not None else None, None, W)
+    for l in range(len(h)):
+        h[l][...] = h_last[l]
+        if c is not None:
+            c[l][...] = c_last[l]
+    return rank_candidates(Y[0], W_y, b_y, candidates)
+
+
 # --------------------------------------------------------------------------------------------
 # Twins of the small bound kernels _core.loss_grad and _core.opt_update_rows (same arguments).
 
