@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from seqrec_fast import _core
 from seqrec_fast import reference as ref
-
-from conftest import assert_close
 
 
 def distinct_candidates(rng, n, N, C):
@@ -29,7 +27,7 @@ def test_rank_candidates_exact_order_with_ties(n, N, D, seed, levels, nt, dtype,
     H = rng.integers(-2, 3, size=(n, D)).astype(dtype)
     W = rng.integers(-levels, levels + 1, size=(N, D)).astype(dtype)
     b = rng.integers(-1, 2, size=N).astype(dtype)
-    C = int(round(frac * N))
+    C = round(frac * N)
     cand = distinct_candidates(rng, n, N, C)
     idx, sc = _core.rank_candidates(H, W, b, cand, nt)
     ri, rs = ref.rank_candidates(H, W, b, cand)
@@ -88,7 +86,7 @@ def test_nan_scores_rank_last(rng):
     b[[3, 7]] = np.nan
     cand = np.array([[7, 1, 3, 2, 0]], np.int32)
     idx, sc = _core.rank_candidates(H, W, b, cand)
-    ri, rs = ref.rank_candidates(H, W, b, cand)
+    ri, _rs = ref.rank_candidates(H, W, b, cand)
     np.testing.assert_array_equal(idx, ri)
     assert idx[0, -2:].tolist() == [3, 7] and np.all(np.isnan(sc[0, -2:]))
     assert np.all(np.isfinite(sc[0, :3]))
@@ -139,7 +137,7 @@ def test_step_rank_equals_step_topk(rng, cell):
     """The fused step is the serving step: same new states, and the candidates' scores are the top-k
     scores of those states, bit for bit."""
     layers = (8,)
-    weights, E_in, W_y, b_y = make_model(rng, cell, "constrained", layers, np.float32, N=90)
+    weights, _E_in, W_y, b_y = make_model(rng, cell, "constrained", layers, np.float32, N=90)
     h = [rng.normal(size=(2, 8)).astype(np.float32)]
     c = [rng.normal(size=(2, 8)).astype(np.float32)] if cell == "lstm" else None
     items = np.array([4, 17], np.int32)
@@ -183,7 +181,7 @@ def test_rank_errors(rng):
 
 
 def test_step_rank_errors(rng):
-    weights, E_in, W_y, b_y = make_model(rng, "gru", "constrained", (4,), np.float32, N=9)
+    weights, _E_in, W_y, b_y = make_model(rng, "gru", "constrained", (4,), np.float32, N=9)
     h = [np.zeros((1, 4), np.float32)]
     cand = np.array([[1, 2]], np.int32)
     with pytest.raises(IndexError, match="items holds 9"):

@@ -26,7 +26,7 @@ import inspect
 import json
 import math
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -35,6 +35,10 @@ from .data import SessionData
 from .sampling import AliasSampler
 from .threads import default_num_threads
 from .train import Schedule, Throughput, session_parallel_schedule
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .ranking import Ranking
+    from .vectors import SessionVectors
 
 __all__ = ["NonFiniteLossError", "SessionRNN"]
 
@@ -557,6 +561,163 @@ class SessionRNN:
         k = min(int(k), len(s))
         order = np.argsort(-s, kind="stable")[:k]
         return self.item_ids_[order], s[order]
+
+    # -- representations and re-ranking ---------------------------------------------------------
+    def _stack_weights(self) -> tuple[list, np.ndarray]:
+        """(weights, input table) for running the layers on table rows: in 'onehot' mode the rows
+        are W_x's and layer 0 gets an identity input matrix (see :meth:`_step`)."""
+        W = self._weights()
+        if self.embedding == "onehot":
+            W_x0, W_h0, b0 = W[0]
+            return [(_identity(W_x0.shape[1], W_x0.dtype.str), W_h0, b0)] + W[1:], W_x0
+        if self.embedding == "constrained":
+            return W, self.W_y_
+        return W, self.params_[self.param_names_.index("E_in")]
+
+    def _final_states(self, items: np.ndarray, offsets: np.ndarray,
+                      max_cells: int = 1 << 15) -> np.ndarray:
+        """Last-layer state after every (non-empty) session: (n_sessions, H_L). Sessions of similar
+        length run together (sorted by length, left-padded; a reset at each session's first step
+        discards the padding's state), at most ``max_cells`` (steps x rows) per kernel call."""
+        lengths = np.diff(offsets)
+        dt = self.params_[0].dtype
+        out = np.zeros((len(lengths), self.layers_[-1]), dt)
+        W, table = self._stack_weights()
+        nt = self._threads()
+        order = np.argsort(lengths, kind="stable")
+        order = order[lengths[order] > 0]
+        a = 0
+        while a < len(order):
+            T = int(lengths[order[a]])
+            b = a + 1
+            # grow the group while (longest length) x (rows) stays within the budget
+            while b < len(order) and int(lengths[order[b]]) * (b + 1 - a) <= max_cells:
+                T = int(lengths[order[b]])
+                b += 1
+            rows = order[a:b]
+            B = len(rows)
+            lens = lengths[rows]
+            starts = T - lens  # first real step of each row
+            row_of = np.repeat(np.arange(B), lens)
+            pos = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+            x = np.zeros((T, B), np.int64)
+            x[starts[row_of] + pos, row_of] = items[np.repeat(offsets[rows], lens) + pos]
+            reset = np.zeros((T, B), np.uint8)
+            reset[starts, np.arange(B)] = 1
+            X = np.ascontiguousarray(table[x])
+            h0 = [np.zeros((B, h), dt) for h in self.layers_]
+            c0 = [np.zeros((B, h), dt) for h in self.layers_] if self.cell == "lstm" else None
+            _, h_last, _, _ = _core.sequence_forward(self.cell, X, h0, c0, reset, W, None, nt)
+            out[rows] = h_last[-1]
+            a = b
+        return out
+
+    def transform(self, data) -> "SessionVectors":
+        """One vector per session (or user history): the last layer's state after its items.
+
+        The vector ``h`` of a session is exactly the state that scores its next item
+        (``scores = h @ W_y_.T + b_y_``), so sessions that the model expects to continue alike get
+        similar vectors. Use it for similarity (:func:`~seqrec_fast.vectors.similar_sessions`),
+        clustering or as features of a downstream model.
+
+        Parameters
+        ----------
+        data : SessionData or sequence of sequences of item ids
+            Sessions (external ids are mapped onto the model's items; a SessionData over another
+            item map is re-mapped). Items unknown to the model are skipped; a session without any
+            known item gets no row.
+
+        Returns
+        -------
+        SessionVectors
+            ``ids`` (n,): the session ids of ``data`` (positions when it has none, and for a list
+            of sequences); ``vectors`` (n, H_L) of the model's dtype, in the order of ``data``.
+        """
+        from .vectors import SessionVectors
+
+        self._check_fitted()
+        if isinstance(data, SessionData):
+            same = data.item_ids is self.item_ids_ or (
+                len(data.item_ids) == len(self.item_ids_)
+                and np.array_equal(np.asarray(data.item_ids, dtype=object),
+                                   np.asarray(self.item_ids_, dtype=object)))
+            sess_ids = (data.session_ids if data.session_ids is not None
+                        else np.arange(data.n_sessions))
+            items, offsets = data.items, data.offsets
+            if not same:  # re-map the events, keeping the session structure
+                idx = self._to_index(np.asarray(data.item_ids, dtype=object))
+                known = items >= 0
+                items = np.where(known, idx[np.where(known, items, 0)], -1).astype(np.int32)
+        elif isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
+            raise TypeError("data must be a SessionData or a sequence of sessions (sequences of item "
+                            f"ids); got {type(data).__name__}")
+        else:
+            sessions = [list(s) for s in data]
+            lengths = np.array([len(s) for s in sessions], np.int64)
+            offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+            flat = [x for s in sessions for x in s]
+            items = self._to_index(flat) if flat else np.zeros(0, np.int32)
+            sess_ids = np.arange(len(sessions))
+        # drop unknown events (-1), keeping the session boundaries
+        keep = items >= 0
+        if not keep.all():
+            n_sess = len(offsets) - 1
+            sess_of = np.repeat(np.arange(n_sess), np.diff(offsets))
+            counts = np.bincount(sess_of[keep], minlength=n_sess)
+            items = items[keep]
+            offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        lengths = np.diff(offsets)
+        vecs = self._final_states(np.ascontiguousarray(items, np.int32), offsets)
+        present = lengths > 0
+        return SessionVectors(np.asarray(sess_ids)[present], vecs[present])
+
+    def rank(self, items: Sequence, candidates: Sequence) -> "Ranking":
+        """Order a candidate list by the model's scores after the session prefix ``items``.
+
+        Only the candidates' rows of the item table are scored (one C++ call fused with the last
+        step), so ranking C candidates costs C dot products instead of N.
+
+        Parameters
+        ----------
+        items : sequence of item ids
+            The session so far (external ids; every one must be known, as for :meth:`recommend`).
+        candidates : sequence of item ids
+            The items to order. Unknown ids are returned in ``unknown``, duplicates are scored
+            once, an empty list gives an empty result. There is no size limit here (the serving
+            ``Recommender`` has one).
+
+        Returns
+        -------
+        Ranking
+            ``(items, scores, unknown)``: the known distinct candidates best first (ties: lower
+            internal index), their scores, and the unknown candidates.
+        """
+        from .ranking import Ranking, check_candidates, split_candidates
+
+        self._check_fitted()
+        check_candidates(candidates)
+        idx = self._to_index(items)
+        if len(idx) == 0:
+            raise ValueError("items is empty; give at least one item of the session")
+        bad = [it for it, i in zip(items, idx) if i < 0]
+        if bad:
+            raise ValueError(f"unknown item id(s) {bad[:5]!r}: not in the training item map")
+        cand = self._to_index(candidates) if len(candidates) else np.zeros(0, np.int32)
+        known, unknown = split_candidates(candidates, cand)
+        dt = self.params_[0].dtype
+        h = [np.zeros((1, hh), dt) for hh in self.layers_]
+        c = [np.zeros((1, hh), dt) for hh in self.layers_] if self.cell == "lstm" else None
+        if len(idx) > 1:
+            W, table = self._stack_weights()
+            X = np.ascontiguousarray(table[idx[:-1].astype(np.int64)]).reshape(len(idx) - 1, 1, -1)
+            _, h, c, _ = _core.sequence_forward(self.cell, X, h, c, None, W, None, self._threads())
+            h = [np.ascontiguousarray(a) for a in h]
+            c = [np.ascontiguousarray(a) for a in c] if c is not None else None
+        E_in = self.params_[self.param_names_.index("E_in")] if self.embedding == "separate" else None
+        order, scores = _core.step_rank(self.cell, self.embedding, self._weights(), E_in, self.W_y_,
+                                        self.b_y_, h, c, np.array([idx[-1]], np.int32),
+                                        known[None, :], self._threads())
+        return Ranking(self.item_ids_[order[0]], scores[0], unknown)
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path) -> None:

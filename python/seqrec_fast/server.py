@@ -10,6 +10,13 @@ Endpoints (JSON in and out; errors are ``{"error": "..."}`` with a 4xx status):
 - ``POST /v1/recommend`` ``{"items": [...], "k": 20, "exclude_seen": null}`` →
   ``{"items": [...], "scores": [...]}``: stateless, on a whole prefix.
 - ``DELETE /v1/sessions/{session_id}`` → ``{"session_id": ..., "deleted": true|false}``
+- ``GET /v1/sessions/{session_id}/vector`` → ``{"session_id": ..., "vector": [...]}``: the session's
+  last-layer state (404 when the session is not live).
+- ``POST /v1/rank`` ``{"candidates": [...], "session_id": ..., "item_id": null}`` or
+  ``{"candidates": [...], "items": [...]}`` → ``{"items": [...], "scores": [...], "unknown": [...]}``
+  (plus ``session_id``): the known distinct candidates ordered by score, the unknown ones listed.
+  With ``item_id`` the session advances first (as an event); without, it is only read. More than the
+  Recommender's ``max_candidates`` candidates get 413.
 - ``GET /healthz`` → ``{"status": "ok", ...}``
 - ``GET /metrics``: Prometheus text exposition (request counts by endpoint, method and status; a
   latency histogram by endpoint; live sessions; store evictions / expirations / bytes).
@@ -50,7 +57,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .serving import Recommender, UnknownItemError
+from .serving import Recommender, UnknownItemError, UnknownSessionError
 from .threads import default_num_threads
 
 __all__ = ["Metrics", "app_from_env", "create_app", "serve"]
@@ -67,6 +74,8 @@ _ROUTES = (
     (re.compile(r"^/v1/sessions/[^/]+/events$"), "/v1/sessions/{session_id}/events"),
     (re.compile(r"^/v1/sessions/[^/]+$"), "/v1/sessions/{session_id}"),
     (re.compile(r"^/v1/recommend$"), "/v1/recommend"),
+    (re.compile(r"^/v1/sessions/[^/]+/vector$"), "/v1/sessions/{session_id}/vector"),
+    (re.compile(r"^/v1/rank$"), "/v1/rank"),
     (re.compile(r"^/healthz$"), "/healthz"),
     (re.compile(r"^/metrics$"), "/metrics"),
 )
@@ -262,6 +271,7 @@ def create_app(
     max_k: int = DEFAULT_MAX_K,
     max_prefix: int = DEFAULT_MAX_PREFIX,
     max_concurrency: Optional[int] = None,
+    max_candidates: Optional[int] = None,
 ) -> Starlette:
     """The ASGI application serving ``recommender``.
 
@@ -276,8 +286,15 @@ def create_app(
         Longest item list accepted by ``/v1/recommend``.
     max_concurrency : int, optional
         Kernel calls running at once in the threadpool (default: available cores // kernel threads).
+    max_candidates : int, optional
+        Most candidates of one ``/v1/rank`` request (413 beyond); sets the Recommender's
+        ``max_candidates`` (default: keep its value, 10,000).
     """
     rec = recommender
+    if max_candidates is not None:
+        if isinstance(max_candidates, bool) or not isinstance(max_candidates, int) or max_candidates < 1:
+            raise ValueError(f"max_candidates must be an int >= 1; got {max_candidates!r}")
+        rec.max_candidates = max_candidates
     k_max = max(1, min(int(max_k), rec.n_items))
     if max_concurrency is None:
         cores = default_num_threads()  # affinity mask and cgroup CPU quota (threads.py)
@@ -350,6 +367,59 @@ def create_app(
         return JSONResponse({"items": out_items, "scores": sc})
 
     @handler
+    async def get_vector(request: Request):
+        sid = session_id_of(request)
+        try:
+            vec = rec.session_vector(sid)
+        except UnknownSessionError as e:
+            return _error(404, str(e))
+        return JSONResponse({"session_id": sid, "vector": [float(v) for v in vec.tolist()]})
+
+    @handler
+    async def post_rank(request: Request):
+        body = await _read_json(request, max_body_bytes)
+        _check_keys(body, {"candidates", "session_id", "item_id", "items"})
+        cands = body.get("candidates")
+        if not isinstance(cands, list):
+            raise _BadRequest(400, "'candidates' must be a JSON array of item ids")
+        if len(cands) > rec.max_candidates:
+            raise _BadRequest(413, f"'candidates' has {len(cands)} ids; at most {rec.max_candidates} "
+                                   "are accepted")
+        for i, it in enumerate(cands):
+            _check_item(it, f"candidates[{i}]")
+        if ("session_id" in body) == ("items" in body):
+            raise _BadRequest(400, "give exactly one of 'session_id' (a live session) and 'items' "
+                                   "(a session prefix)")
+        if "items" in body:
+            if "item_id" in body:
+                raise _BadRequest(400, "'item_id' goes with 'session_id', not with 'items'")
+            items = body["items"]
+            if not isinstance(items, list):
+                raise _BadRequest(400, "'items' must be a JSON array of item ids")
+            if not items:
+                raise _BadRequest(422, "'items' is empty; give at least one item of the session")
+            if len(items) > max_prefix:
+                raise _BadRequest(422, f"'items' has {len(items)} ids; at most {max_prefix} are "
+                                       "accepted")
+            for i, it in enumerate(items):
+                _check_item(it, f"items[{i}]")
+            r = await run(rec.rank_prefix, items, cands)
+            out = {}
+        else:
+            sid = body["session_id"]
+            if not isinstance(sid, str) or not sid or len(sid) > MAX_ID_CHARS:
+                raise _BadRequest(400, f"session_id must be a string of 1 to {MAX_ID_CHARS} "
+                                       "characters")
+            item = body.get("item_id")
+            if item is not None:
+                item = _check_item(item, "item_id")
+            r = await run(rec.rank, sid, cands, item)
+            out = {"session_id": sid}
+        ids, sc = _payload(r.items, r.scores)
+        out.update(items=ids, scores=sc, unknown=r.unknown)
+        return JSONResponse(out)
+
+    @handler
     async def delete_session(request: Request):
         sid = session_id_of(request)
         return JSONResponse({"session_id": sid, "deleted": rec.reset(sid)})
@@ -372,6 +442,8 @@ def create_app(
     routes = [
         Route("/v1/sessions/{session_id}/events", post_event, methods=["POST"]),
         Route("/v1/sessions/{session_id}", delete_session, methods=["DELETE"]),
+        Route("/v1/sessions/{session_id}/vector", get_vector, methods=["GET"]),
+        Route("/v1/rank", post_rank, methods=["POST"]),
         Route("/v1/recommend", post_recommend, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -388,7 +460,7 @@ def create_app(
 # ---------------------------------------------------------------------------------------------------
 _RECOMMENDER_KEYS = ("max_sessions", "ttl_seconds", "exclude_seen", "unknown_item", "precision",
                      "num_threads")
-_APP_KEYS = ("max_body_bytes", "max_k", "max_prefix", "max_concurrency")
+_APP_KEYS = ("max_body_bytes", "max_k", "max_prefix", "max_concurrency", "max_candidates")
 
 
 def _app_from_config(config: dict) -> Starlette:
@@ -413,7 +485,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 
 
     ``options``: the Recommender's ``max_sessions``, ``ttl_seconds``, ``exclude_seen``,
     ``unknown_item``, ``precision``, ``num_threads`` and :func:`create_app`'s ``max_body_bytes``,
-    ``max_k``, ``max_prefix``, ``max_concurrency``. Each worker process loads the model itself.
+    ``max_k``, ``max_prefix``, ``max_concurrency``, ``max_candidates``. Each worker process loads the model itself.
     """
     import uvicorn
 

@@ -12,7 +12,8 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve a saved model over HTTP (needs the 'serve' extra)",
         description="Load MODEL and serve session recommendations over HTTP (Starlette + uvicorn): "
-        "POST /v1/sessions/{id}/events, POST /v1/recommend, DELETE /v1/sessions/{id}, GET /healthz, "
+        "POST /v1/sessions/{id}/events, POST /v1/recommend, DELETE /v1/sessions/{id}, "
+        "GET /v1/sessions/{id}/vector, POST /v1/rank, GET /healthz, "
         "GET /metrics. Needs: pip install 'seqrec-fast[serve]'.",
     )
     p.add_argument("model", help="model file (.npz) written by 'seqrec train'")
@@ -60,6 +61,10 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-body", type=_positive_int, default=65536, help="request body limit in bytes (default: 65536)"
     )
+    p.add_argument(
+        "--max-candidates", type=_positive_int, default=10_000,
+        help="most candidates one POST /v1/rank accepts; more get 413 (default: 10000)",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
     p.set_defaults(func=_cmd_serve)
 
@@ -88,5 +93,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         unknown_item=args.unknown_item,
         max_k=args.max_k,
         max_body_bytes=args.max_body,
+        max_candidates=args.max_candidates,
     )
     return 0

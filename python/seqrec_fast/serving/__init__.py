@@ -10,6 +10,7 @@ from .recommender import (
     Recommender,
     SessionStore,
     UnknownItemError,
+    UnknownSessionError,
 )
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "Recommender",
     "SessionStore",
     "UnknownItemError",
+    "UnknownSessionError",
 ]

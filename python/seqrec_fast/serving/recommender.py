@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _core, reference
+from ..ranking import DEFAULT_MAX_CANDIDATES, Ranking, check_candidates, split_candidates
 
 __all__ = [
     "MAX_SEEN",
@@ -40,6 +41,7 @@ __all__ = [
     "Recommender",
     "SessionStore",
     "UnknownItemError",
+    "UnknownSessionError",
 ]
 
 PRECISIONS = ("float32", "bfloat16", "int8")
@@ -52,6 +54,19 @@ _INT_TEXT = re.compile(r"\s*[+-]?\d+\s*\Z")
 def _kernels() -> tuple[Callable, Callable]:
     """(step_topk, topk): the C++ serving kernels."""
     return _core.step_topk, _core.topk
+
+
+class UnknownSessionError(KeyError):
+    """A session id that is not live (never seen, reset, evicted or expired); ``session_id`` holds
+    it. HTTP answers 404."""
+
+    def __init__(self, session_id: Any):
+        self.session_id = session_id
+        self.message = f"session {session_id!r} is not live (never seen, reset, evicted or expired)"
+        super().__init__(self.message)
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.message
 
 
 class UnknownItemError(KeyError, ValueError):
@@ -578,6 +593,132 @@ class Recommender:
             self.cell, self.embedding, self._weights, self._E_in, self._W_y, self._b_y, h, c,
             np.array([idx[-1]], np.int32), k, exclude, self._table, self._scales, self.num_threads)
         return self._external(out_idx[0], out_sc[0])
+
+    # -- vectors and re-ranking ---------------------------------------------------------------------
+    # These use the session store only through _session_state (read) and _advance_session (write).
+    max_candidates: int = DEFAULT_MAX_CANDIDATES
+    """Most candidates one :meth:`rank` / :meth:`rank_prefix` call accepts (ValueError beyond it;
+    HTTP 413). A class default; set it on an instance to change it."""
+
+    def _session_state(self, session_id: Hashable) -> Optional[tuple[list, Optional[list]]]:
+        """A copy of the live state (h, c) of ``session_id`` (lists of (1, H_l) float32), or None."""
+        entry = self.store.get(session_id, create=False)
+        if entry is None:
+            return None
+        with entry.lock:
+            return ([a.copy() for a in entry.h],
+                    [a.copy() for a in entry.c] if entry.c is not None else None)
+
+    def _advance_session(self, session_id: Hashable, idx: int, kernel: Callable):
+        """Feed item ``idx`` to the session (created if new) with ``kernel(h, c)``, which advances
+        the state arrays in place and returns the answer; the seen items and event count follow."""
+        entry = self.store.get(session_id)
+        with entry.lock:
+            out = kernel(entry.h, entry.c)
+            if self.exclude_seen:
+                entry.add_seen(idx, MAX_SEEN)
+            entry.n_events += 1
+        return out
+
+    def session_vector(self, session_id: Hashable) -> np.ndarray:
+        """The session's vector: its last layer's current state (a copy), float32 (H_L,).
+
+        It is exactly the state that scores the session's next item: :meth:`recommend` and
+        :meth:`rank` (without ``item_id``) score ``vector · W_y[j] + b_y[j]``.
+
+        Raises
+        ------
+        UnknownSessionError
+            (a ``KeyError``) when the session is not live: never seen, reset, evicted or expired.
+        """
+        state = self._session_state(session_id)
+        if state is None:
+            raise UnknownSessionError(session_id)
+        return state[0][-1][0]
+
+    def _candidate_index(self, candidates) -> np.ndarray:
+        """Internal index of each candidate, -1 if unknown (vectorised for integer ids)."""
+        if self._int_ids:
+            arr = candidates if isinstance(candidates, np.ndarray) else None
+            if arr is None and all(type(c) is int for c in candidates):
+                arr = np.fromiter(candidates, np.int64, len(candidates))
+            if arr is not None and arr.dtype.kind in "iu":
+                sorted_ids = getattr(self, "_sorted_ids", None)
+                if sorted_ids is None:
+                    order = np.argsort(self._ids, kind="stable")
+                    self._sorted_pos = order.astype(np.int32)
+                    sorted_ids = self._sorted_ids = self._ids[order]
+                pos = np.minimum(np.searchsorted(sorted_ids, arr), len(sorted_ids) - 1)
+                return np.where(sorted_ids[pos] == arr, self._sorted_pos[pos], -1).astype(np.int32)
+        return np.fromiter((self._lookup(c) for c in candidates), np.int32, len(candidates))
+
+    def _ranked(self, candidates, kernel: Callable) -> Ranking:
+        """Map ``candidates``, call ``kernel(known (1, C') int32) -> (idx, scores)``, wrap up."""
+        check_candidates(candidates, self.max_candidates)
+        known, unknown = split_candidates(candidates, self._candidate_index(candidates))
+        order, scores = kernel(known[None, :])
+        return Ranking(self._ids[order[0]], scores[0], unknown)
+
+    def _rank_state(self, H: np.ndarray, cand: np.ndarray):
+        return _core.rank_candidates(H, self._W_y, self._b_y, cand, self.num_threads)
+
+    def _step_rank(self, idx: int, cand: np.ndarray, h: list, c: Optional[list]):
+        return _core.step_rank(self.cell, self.embedding, self._weights, self._E_in, self._W_y,
+                               self._b_y, h, c, np.array([idx], np.int32), cand, self.num_threads)
+
+    def rank(self, session_id: Hashable, candidates: Sequence[Any], item_id: Any = None) -> Ranking:
+        """Order a candidate list (e.g. search results) by the session's next-item scores.
+
+        Only the candidates' rows of the item table are scored: one C++ call, fused with the
+        recurrent step when ``item_id`` is given.
+
+        Parameters
+        ----------
+        session_id : hashable
+        candidates : sequence of item ids
+            External ids. Unknown ones are returned in ``unknown``, duplicates are scored once, an
+            empty list gives an empty result; more than ``max_candidates`` raise ValueError.
+        item_id : item id, optional
+            An event to feed first: the session advances exactly as with :meth:`recommend` (a new
+            session is created; an unknown item follows the ``unknown_item`` policy). Without it,
+            nothing changes and a session that is not live ranks from the zero state.
+
+        Returns
+        -------
+        Ranking
+            ``(items, scores, unknown)``: known distinct candidates best first (ties: lower internal
+            index), their float32 scores, the unknown candidates. Scores always use the float32
+            table, whatever ``precision``; with it they equal :meth:`recommend`'s bit for bit.
+        """
+        idx = None if item_id is None else self._resolve(item_id)
+        if idx is None:
+            def kernel(cand):
+                state = self._session_state(session_id)
+                H = state[0][-1] if state is not None else np.zeros((1, self.layers[-1]), np.float32)
+                return self._rank_state(H, cand)
+        else:
+            def kernel(cand):
+                return self._advance_session(session_id, idx,
+                                             lambda h, c: self._step_rank(idx, cand, h, c))
+        return self._ranked(candidates, kernel)
+
+    def rank_prefix(self, items: Sequence[Any], candidates: Sequence[Any]) -> Ranking:
+        """:meth:`rank` after a whole session prefix ``items``, statelessly (no session is touched).
+
+        Unknown prefix items follow the ``unknown_item`` policy ('skip' drops them; with none left
+        the zero state ranks). Returns a :class:`~seqrec_fast.ranking.Ranking`.
+        """
+        idx = self._prefix_indices(items)
+
+        def kernel(cand):
+            h, c = self._zero_state(1)
+            if not idx:
+                return self._rank_state(h[-1], cand)
+            if len(idx) > 1:
+                h, c = self._advance_prefix(idx[:-1], h, c)
+            return self._step_rank(idx[-1], cand, h, c)
+
+        return self._ranked(candidates, kernel)
 
     # -- reduced precision --------------------------------------------------------------------------
     def _prefix_states(self, prefixes, max_prefixes: int) -> np.ndarray:

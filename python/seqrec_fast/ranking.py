@@ -1,0 +1,84 @@
+"""Re-ranking a candidate list that another system produced (search results, a retrieval stage).
+
+The result type shared by :meth:`SessionRNN.rank <seqrec_fast.model.SessionRNN.rank>`,
+:meth:`Recommender.rank <seqrec_fast.serving.Recommender.rank>` and ``POST /v1/rank``, and the
+candidate bookkeeping they share: unknown ids are reported, never an error; duplicates are scored
+once; an empty list gives an empty result. The scoring itself is one C++ call (``rank_candidates``,
+or ``step_rank`` fused with the recurrent step) that scores only the C candidate rows of the item
+table.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = ["DEFAULT_MAX_CANDIDATES", "Ranking", "check_candidates", "split_candidates"]
+
+DEFAULT_MAX_CANDIDATES = 10_000
+"""Default limit on the candidates of one serving request (``Recommender(max_candidates=...)``):
+more raise ``ValueError`` in Python and get HTTP 413."""
+
+
+class Ranking(NamedTuple):
+    """Candidates ordered by score.
+
+    Attributes
+    ----------
+    items : numpy.ndarray (C',)
+        The known, distinct candidates (external ids), best first; ties go to the lower internal
+        item index, NaN scores last.
+    scores : numpy.ndarray (C',)
+        Their scores ``h·W_y[j] + b_y[j]`` (float32 for float32 models): the same numbers the
+        full-catalogue recommendation gives these items.
+    unknown : list
+        Candidates not in the model's item map, in request order, each once.
+    """
+
+    items: np.ndarray
+    scores: np.ndarray
+    unknown: list
+
+
+def split_candidates(candidates: Any, idx: np.ndarray) -> tuple[np.ndarray, list]:
+    """Distinct known indices and the unknown candidates.
+
+    Parameters
+    ----------
+    candidates : sequence
+        The candidate ids as given (used only to report the unknown ones).
+    idx : int array (C,)
+        Internal index of each candidate, -1 if unknown.
+
+    Returns
+    -------
+    known : int32 ndarray (C',), distinct indices (sorted; the ranking order does not depend on it)
+    unknown : list of the candidates with index -1, first occurrences in order
+    """
+    idx = np.asarray(idx)
+    bad = idx < 0
+    unknown: list = []
+    if bad.any():
+        cands = candidates if isinstance(candidates, np.ndarray) else list(candidates)
+        seen: dict = {}
+        for p in np.flatnonzero(bad).tolist():
+            c = cands[p]
+            c = c.item() if isinstance(c, np.generic) else c
+            seen.setdefault(c, None)
+        unknown = list(seen)
+        idx = idx[~bad]
+    return np.unique(idx).astype(np.int32, copy=False), unknown
+
+
+def check_candidates(candidates: Any, limit: int | None = None) -> Any:
+    """``candidates`` as a sequence (TypeError for a string or a non-sequence); ValueError when
+    there are more than ``limit``."""
+    if isinstance(candidates, (str, bytes)) or not hasattr(candidates, "__len__"):
+        raise TypeError(f"candidates must be a sequence of item ids; got {type(candidates).__name__}")
+    if isinstance(candidates, np.ndarray) and candidates.ndim != 1:
+        raise ValueError(f"candidates must be 1-D; got shape {candidates.shape}")
+    if limit is not None and len(candidates) > limit:
+        raise ValueError(f"{len(candidates)} candidates exceed the limit of {limit} per request "
+                         "(Recommender(max_candidates=...))")
+    return candidates
