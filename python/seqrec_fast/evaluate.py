@@ -21,6 +21,7 @@ Unknown test items (not in the training item map, marked ``-1`` in the test :cla
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -358,3 +359,14 @@ def evaluate(
         targets=targets,
         ranks=ranks,
     )
+
+
+class _CallableModule(type(sys.modules[__name__])):
+    """``seqrec_fast.evaluate`` is both this module and, called, its :func:`evaluate`: the top level
+    exposes ``sf.evaluate(model, test)`` while the submodule keeps its name (DESIGN.md §2)."""
+
+    def __call__(self, scorer: NextItemScorer, test: SessionData, **kwargs: Any) -> EvalResult:
+        return evaluate(scorer, test, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,6 +1,7 @@
 """The ``seqrec`` command line.
 
-One module per command group (``data``, ``baseline``, ``demo``, ``model``, ``serve``, ``bench``); each
+One module per command group (``data``, ``baseline``, ``demo``, ``model``, ``serve``, ``bench``,
+``embed``); each
 defines ``_register_<name>(subparsers)`` adding one subparser with ``set_defaults(func=...)`` (``args -> int``).
 Adding a command is writing such a function in its group's module and listing it in
 :data:`COMMAND_REGISTRARS`.
@@ -21,6 +22,7 @@ from .bench import _register_bench
 from .common import EXIT_USAGE, CLIError, write_json_atomic
 from .data import _register_data
 from .demo import _register_demo
+from .embed import _register_embed
 from .model import _register_evaluate, _register_recommend, _register_train
 from .serve import _register_serve
 
@@ -35,6 +37,7 @@ COMMAND_REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_recommend,
     _register_serve,
     _register_bench,
+    _register_embed,
 ]
 
 
