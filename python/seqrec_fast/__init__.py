@@ -38,16 +38,28 @@ _LAZY = {
     "Ranking": ("seqrec_fast.ranking", "Ranking"),
 }
 
-__all__ = ["__version__", "load", *_LAZY]
+__all__ = [
+    "Ranking",
+    "Recommender",
+    "SessionData",
+    "SessionRNN",
+    "SessionVectors",
+    "__version__",
+    "evaluate",
+    "load",
+    "load_data",
+    "similar_sessions",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from . import evaluate
-    from .data import SessionData
+    from . import evaluate as evaluate
+    from .data import SessionData as SessionData
     from .data import load as load_data
-    from .model import SessionRNN
-    from .ranking import Ranking
-    from .serving import Recommender
-    from .vectors import SessionVectors, similar_sessions
+    from .model import SessionRNN as SessionRNN
+    from .ranking import Ranking as Ranking
+    from .serving import Recommender as Recommender
+    from .vectors import SessionVectors as SessionVectors
+    from .vectors import similar_sessions as similar_sessions
 
 
 def load(path: str | os.PathLike[str]) -> SessionRNN:
