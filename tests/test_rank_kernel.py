@@ -59,23 +59,27 @@ def test_rank_candidates_matches_reference(rng, dtype, C):
         np.testing.assert_array_equal(idx, ri)
 
 
-def test_float32_scores_bit_identical_to_packed_topk(rng):
-    """Re-ranking the serving top-k of the same state reproduces its scores and order exactly."""
+def test_float32_scores_bit_identical_to_topk(rng):
+    """Re-ranking the top-k (row-major table) of the same state reproduces its scores and order
+    exactly; against the packed table they agree to float32 rounding."""
     n, N, D = 4, 700, 100
     H = rng.normal(size=(n, D)).astype(np.float32)
     W = rng.normal(size=(N, D)).astype(np.float32)
     b = rng.normal(size=N).astype(np.float32)
     W[5] = W[9]  # an exact tie: order by index
     b[5] = b[9]
-    top_i, top_s = _core.topk(H, _core.pack_table(W), b, 50)
+    top_i, top_s = _core.topk(H, W, b, 50)
     shuffled = np.ascontiguousarray(top_i[:, rng.permutation(50)])
     idx, sc = _core.rank_candidates(H, W, b, shuffled)
     np.testing.assert_array_equal(idx, top_i)
     np.testing.assert_array_equal(sc, top_s)
-    full_i, full_s = _core.topk(H, _core.pack_table(W), b, N)
+    full_i, full_s = _core.topk(H, W, b, N)
     idx, sc = _core.rank_candidates(H, W, b, np.tile(np.arange(N, dtype=np.int32), (n, 1)))
     np.testing.assert_array_equal(idx, full_i)
     np.testing.assert_array_equal(sc, full_s)
+    assert list(idx[0]).index(5) < list(idx[0]).index(9)
+    _pi, ps = _core.topk(H, _core.pack_table(W), b, N)
+    assert_close("scores", sc, ps, np.float32)
 
 
 def test_nan_scores_rank_last(rng):
@@ -135,7 +139,7 @@ def test_step_rank_matches_reference(rng, dtype, cell, embedding):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_step_rank_equals_step_topk(rng, cell):
     """The fused step is the serving step: same new states, and the candidates' scores are the top-k
-    scores of those states, bit for bit."""
+    scores of those states (row-major table), bit for bit."""
     layers = (8,)
     weights, _E_in, W_y, b_y = make_model(rng, cell, "constrained", layers, np.float32, N=90)
     h = [rng.normal(size=(2, 8)).astype(np.float32)]
@@ -144,8 +148,7 @@ def test_step_rank_equals_step_topk(rng, cell):
     h1, h2 = [x.copy() for x in h], [x.copy() for x in h]
     c1 = [x.copy() for x in c] if c else None
     c2 = [x.copy() for x in c] if c else None
-    ti, ts = _core.step_topk(cell, "constrained", weights, None, W_y, b_y, h1, c1, items, 12, None,
-                             _core.pack_table(W_y))
+    ti, ts = _core.step_topk(cell, "constrained", weights, None, W_y, b_y, h1, c1, items, 12)
     ri, rs = _core.step_rank(cell, "constrained", weights, None, W_y, b_y, h2, c2, items,
                              np.ascontiguousarray(ti[:, ::-1]))
     np.testing.assert_array_equal(h1[0], h2[0])

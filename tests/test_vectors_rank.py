@@ -192,24 +192,33 @@ def test_sessionrnn_rank_orders_candidates_by_prefix_scores(cell, embedding, lay
         model.rank(seq, "abc")
 
 
-def test_recommender_rank_equals_recommend_bit_for_bit(fitted):
-    """Re-ranking the recommended items reproduces the recommendation: same order, same scores."""
+def _same_ranking(r_items, r_scores, ids, sc):
+    """Same scores to float32 rounding; same order except among items whose scores agree."""
+    pos = {x: i for i, x in enumerate(np.asarray(ids).tolist())}
+    mine = np.asarray(sc)[[pos[x] for x in np.asarray(r_items).tolist()]]
+    np.testing.assert_allclose(r_scores, mine, rtol=1e-6, atol=1e-6)
+    assert np.all(np.diff(mine) <= 1e-6)
+
+
+def test_recommender_rank_equals_recommend(fitted):
+    """Re-ranking the recommended items reproduces the recommendation (packed-table scoring agrees
+    with the gathered rows to float32 rounding); the fused step is exactly the event's step."""
     model, data = fitted
     seq = _sessions(model, data, 5)[4]
     a, b = Recommender(model), Recommender(model)
     for it in seq:
         ids, sc = a.recommend("s", it, k=15)
         r = b.rank("s", list(ids[::-1]), item_id=it)  # advances b's session by the same event
-        np.testing.assert_array_equal(r.items, ids)
-        np.testing.assert_array_equal(r.scores, sc)
+        _same_ranking(r.items, r.scores, ids, sc)
         np.testing.assert_array_equal(a.session_vector("s"), b.session_vector("s"))
         r2 = b.rank("s", ids.tolist())  # no item: reads the state, changes nothing
-        np.testing.assert_array_equal(r2.items, ids)
+        np.testing.assert_array_equal(r2.items, r.items)
+        np.testing.assert_array_equal(r2.scores, r.scores)
     assert b.store.get("s").n_events == len(seq)
     # stateless prefix ranking agrees with the session
     r3 = b.rank_prefix(seq, model.item_ids_.tolist())
     np.testing.assert_array_equal(r3.scores, b.rank("s", model.item_ids_.tolist()).scores)
-    np.testing.assert_allclose(r3.scores[:15], sc, rtol=0, atol=0)
+    _same_ranking(r3.items[:15], r3.scores[:15], ids, sc)
 
 
 def test_recommender_rank_candidates_bookkeeping(fitted):

@@ -1508,7 +1508,7 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
         "Scores only the candidate rows of the item table and orders them, per query.\n\n"
         "H (n, D), W_y (N, D), b_y (N,): float32 or float64, one dtype; candidates (n, C) int32 in\n"
         "[0, N) (callers drop duplicates). Score y_j = H·W_y[j] + b_y[j] (float32: bit-identical to\n"
-        "topk over pack_table(W_y)). Order: higher score first, NaN last, ties to the lower index.\n"
+        "topk over the row-major W_y). Order: higher score first, NaN last, ties to the lower index.\n"
         "Returns (idx int32 (n, C) the candidates in that order, scores (n, C)).");
   m.def("step_rank", &step_rank, py::arg("cell"), py::arg("embedding"), py::arg("weights"),
         py::arg("E_in"), py::arg("W_y"), py::arg("b_y"), py::arg("h"), py::arg("c"), py::arg("items"),

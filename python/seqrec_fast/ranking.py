@@ -30,8 +30,8 @@ class Ranking(NamedTuple):
         The known, distinct candidates (external ids), best first; ties go to the lower internal
         item index, NaN scores last.
     scores : numpy.ndarray (C',)
-        Their scores ``h·W_y[j] + b_y[j]`` (float32 for float32 models): the same numbers the
-        full-catalogue recommendation gives these items.
+        Their scores ``h·W_y[j] + b_y[j]`` (float32 for float32 models): the numbers the
+        full-catalogue recommendation gives these items, to float32 rounding.
     unknown : list
         Candidates not in the model's item map, in request order, each once.
     """

@@ -4,10 +4,10 @@
 // last, ties to the lower item index. stack_step, one recurrent step of an L-layer stack for n rows
 // with the states updated in place (the step that step_rank fuses with rank_candidates; the same
 // layer_forward call as the serving step of step_topk).
-// float32 scores are bit-identical to the serving top-k over a packed table (topk.h): each group of
-// 16 candidate rows is copied into one packed block and summed by the same score_block, so
-// re-ranking a recommended list reproduces its scores and order exactly. float64 (used by tests and
-// by float64 models) sums each row with Eigen's dot product.
+// Each candidate row is read whole (contiguous) with the rows ahead prefetched: the cost is the
+// memory latency of C random rows, so several must be in flight. float32 scores use the same
+// fixed-order dot product as the serving top-k over a row-major table (topk.h dot_rows), so they
+// are bit-identical to it; float64 (tests, float64 models) uses Eigen's dot product.
 // Not here: id mapping, unknown or duplicate candidates (callers map ids and drop duplicates; the
 // bindings check every index), any limit on C (a caller's policy).
 // Parallel: over queries, one query per thread; a single query (C up to a few thousand rows, a few
@@ -17,6 +17,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -39,34 +41,39 @@ inline bool rank_before(const std::pair<T, std::int32_t>& a, const std::pair<T, 
 
 // Scores of one query's candidates.
 //   h (D) query; W (N, D) item table; b (N) bias; cand (C) int32 in [0, N); out (C) scores
-//   pack: scratch of at least 4·16·D floats (float32 only)
 template <class T>
 void score_candidates(const T* h, const T* W, const T* b, Index D, Index C, const std::int32_t* cand,
-                      T* out, std::vector<float>& pack) {
-  if constexpr (std::is_same<T, float>::value) {
-    constexpr int MB = 4;
-    constexpr Index G = MB * PACK;  // candidates per score_block call
-    pack.resize(static_cast<size_t>(G * D));
-    alignas(64) float sc[G];
-    ItemTable t{TableKind::F32, true, pack.data(), nullptr, b, G, D};
-    for (Index c0 = 0; c0 < C; c0 += G) {
-      const Index m = std::min(G, C - c0);
-      // candidate i goes to block i / 16, lane i % 16 of the packed layout (block, d, 16)
-      for (Index i = 0; i < G; ++i) {
-        float* dst = pack.data() + (i / PACK) * D * PACK + i % PACK;
-        if (i < m) {
-          const float* row = W + Index(cand[c0 + i]) * D;
-          for (Index d = 0; d < D; ++d) dst[d * PACK] = row[d];
-        } else {
-          for (Index d = 0; d < D; ++d) dst[d * PACK] = 0.f;
-        }
-      }
-      score_block<TableKind::F32, 1, MB>(t, 0, &h, sc);
-      for (Index i = 0; i < m; ++i) out[c0 + i] = sc[i] + b[cand[c0 + i]];  // finish_score
+                      T* out) {
+  // Rows are read whole and contiguously, and the rows a few candidates ahead are prefetched: the
+  // candidates are random rows of a table that is usually far larger than the cache, so the time is
+  // the memory latency unless several rows are in flight at once.
+  constexpr Index AHEAD = 8;
+  const Index lines = (D * Index(sizeof(T)) + 63) / 64;
+  auto prefetch = [&](Index i) {
+    if (i < C) {
+      const char* p = reinterpret_cast<const char*>(W + Index(cand[i]) * D);
+      for (Index l = 0; l < lines; ++l) __builtin_prefetch(p + 64 * l);
     }
+  };
+  for (Index i = 0; i < std::min(AHEAD, C); ++i) prefetch(i);
+  if constexpr (std::is_same<T, float>::value) {
+    // the same fixed-order dot product as the serving top-k over a row-major table (dot_rows)
+    Index i = 0;
+    for (; i + 4 <= C; i += 4) {
+      for (Index a = 0; a < 4; ++a) prefetch(i + AHEAD + a);
+      const float* w[4];
+      for (Index a = 0; a < 4; ++a) w[a] = W + Index(cand[i + a]) * D;
+      dot_rows<1, 4>(&h, w, D, out + i, 4);
+    }
+    for (; i < C; ++i) {
+      const float* w = W + Index(cand[i]) * D;
+      dot_rows<1, 1>(&h, &w, D, out + i, 1);
+    }
+    for (i = 0; i < C; ++i) out[i] += b[cand[i]];
   } else {
     CVecMap<T> hv(h, D);
     for (Index i = 0; i < C; ++i) {
+      prefetch(i + AHEAD);
       const Index j = cand[i];
       out[i] = hv.dot(CVecMap<T>(W + j * D, D)) + b[j];
     }
@@ -80,17 +87,43 @@ void rank_candidates(Index n, Index D, const T* H, const T* W, const T* b, Index
                      const std::int32_t* cand, std::int32_t* out_idx, T* out_sc, int num_threads) {
   if (n <= 0 || C <= 0) return;
   parallel_for(n, num_threads, [&](Index q0, Index q1) {
-    std::vector<float> pack;
     std::vector<T> sc(static_cast<size_t>(C));
-    std::vector<std::pair<T, std::int32_t>> order(static_cast<size_t>(C));
+    std::vector<std::pair<T, std::int32_t>> order;
+    std::vector<std::uint64_t> keys;
     for (Index q = q0; q < q1; ++q) {
       const std::int32_t* cq = cand + q * C;
-      score_candidates<T>(H + q * D, W, b, D, C, cq, sc.data(), pack);
-      for (Index i = 0; i < C; ++i) order[i] = {sc[i], cq[i]};
-      std::sort(order.begin(), order.end(), rank_before<T>);
-      for (Index i = 0; i < C; ++i) {
-        out_idx[q * C + i] = order[i].second;
-        out_sc[q * C + i] = order[i].first;
+      score_candidates<T>(H + q * D, W, b, D, C, cq, sc.data());
+      if constexpr (std::is_same<T, float>::value) {
+        // one integer key per candidate, ascending = the ranking order: the float's bits made
+        // monotone (NaN lowest), inverted for "higher first", then the item index. Sorting
+        // integers is several times faster than sorting pairs with a comparator.
+        keys.resize(static_cast<size_t>(C));
+        for (Index i = 0; i < C; ++i) {
+          std::uint32_t u;
+          std::memcpy(&u, &sc[i], sizeof u);
+          u = sc[i] != sc[i] ? 0u : ((u & 0x80000000u) ? ~u : (u | 0x80000000u));
+          keys[i] = (std::uint64_t(~u) << 32) | std::uint32_t(cq[i]);
+        }
+        std::sort(keys.begin(), keys.end());
+        for (Index i = 0; i < C; ++i) {
+          std::uint32_t u = ~std::uint32_t(keys[i] >> 32);
+          const std::int32_t j = static_cast<std::int32_t>(keys[i] & 0xffffffffu);
+          out_idx[q * C + i] = j;
+          if (u == 0u) {
+            out_sc[q * C + i] = std::numeric_limits<float>::quiet_NaN();
+            continue;
+          }
+          u = (u & 0x80000000u) ? (u & 0x7fffffffu) : ~u;
+          std::memcpy(&out_sc[q * C + i], &u, sizeof u);
+        }
+      } else {
+        order.resize(static_cast<size_t>(C));
+        for (Index i = 0; i < C; ++i) order[i] = {sc[i], cq[i]};
+        std::sort(order.begin(), order.end(), rank_before<T>);
+        for (Index i = 0; i < C; ++i) {
+          out_idx[q * C + i] = order[i].second;
+          out_sc[q * C + i] = order[i].first;
+        }
       }
     }
   });

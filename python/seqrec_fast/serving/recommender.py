@@ -688,7 +688,7 @@ class Recommender:
         Ranking
             ``(items, scores, unknown)``: known distinct candidates best first (ties: lower internal
             index), their float32 scores, the unknown candidates. Scores always use the float32
-            table, whatever ``precision``; with it they equal :meth:`recommend`'s bit for bit.
+            table, whatever ``precision``; they equal :meth:`recommend`'s to float32 rounding.
         """
         idx = None if item_id is None else self._resolve(item_id)
         if idx is None:
