@@ -1,7 +1,7 @@
 """``seqrec bench``: the comparison matrix (C++ core vs the NumPy reference vs PyTorch) in one command.
 
 Runs the repository's benchmark scripts (``bench/bench_kernels.py``, ``bench/bench_train.py``,
-``bench/bench_evaluate.py``, ``bench/bench_serving.py``; every case there is validated against the NumPy
+``bench/bench_evaluate.py``, ``bench/bench_serving.py``, ``bench/bench_rank.py``; every case there is validated against the NumPy
 reference before it is timed) and writes, into ``--out`` (default ``bench/results/report/``):
 
 - ``records.jsonl``: one record per case and side (commit, date, CPU model, cores, the OpenMP / BLAS
@@ -59,7 +59,7 @@ SERVING_SIZES_QUICK = (3_000, 40_000)
 SERVING_SIZES_FULL = (3_000, 40_000, 100_000, 1_000_000)
 
 
-SUITES = ("kernels", "train", "evaluation", "serving")
+SUITES = ("kernels", "train", "evaluation", "serving", "ranking")
 
 FOREIGN_LOAD_FLAG = 0.25
 NOISY_SPREAD = 1.5
@@ -428,6 +428,30 @@ def run_serving(bench_dir: Path, quick: bool, torch_side: bool, threads=(1, 2)) 
 
 
 # ---------------------------------------------------------------------------------------------------
+# ranking a candidate list
+# ---------------------------------------------------------------------------------------------------
+def run_ranking(bench_dir: Path, quick: bool, torch_side: bool) -> list[dict]:
+    """Re-ranking C = 100 and 1,000 candidates (H = 100, N = 40k, 1 thread, in process): the C++
+    kernel alone, fused with the GRU step, the step alone, the Recommender API, against PyTorch
+    (separate process) and NumPy doing the same gather, matmul and sort; validated first."""
+    br = _import_bench(bench_dir, "bench_rank")
+    res = br.run(br.CANDIDATES, quick, torch_side)
+    roles = {"seqrec rank_candidates": "cpp", "torch gather+matmul+sort": "torch",
+             "numpy gather+matmul+sort": "numpy"}
+    out = []
+    for r in res["rows"]:
+        role = roles.get(r["side"], "other")
+        case = "rank C candidates (given state)" if r["side"] in roles else "rank C candidates (other)"
+        pin = {"torch": 1} if r["side"].startswith("torch") else (
+            {"blas": 1} if r["side"].startswith("numpy") else {"openmp": 1})
+        out.append(_rec("ranking", case, r["side"], role, 1, {"C": r["C"], "H": br.H, "N": br.N},
+                        median=r["p50_us"], p10=r.get("p10_us", float("nan")), p90=r["p90_us"],
+                        unit="us", repeats=r["n"], pinned=pin, p99=r["p99_us"],
+                        validated="vs reference.rank_candidates and the exact order (bench_rank)"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
 # full-ranking evaluation
 # ---------------------------------------------------------------------------------------------------
 def run_evaluation(bench_dir: Path, quick: bool, torch_side: bool, threads=(1, 2)) -> list[dict]:
@@ -560,7 +584,8 @@ def render_markdown(records: Sequence[dict], env: Optional[dict] = None,
     titles = {"kernels": "Kernels (GRU forward + backward, loss, optimizer, top-k, rank counts)",
               "train": "Training (steps per second)",
               "evaluation": "Full-ranking evaluation (evaluate() end to end, all items ranked)",
-              "serving": "Serving"}
+              "serving": "Serving",
+              "ranking": "Ranking a candidate list (H = 100, N = 40k, 1 thread)"}
     for suite in SUITES:
         rows = [r for r in records if r["suite"] == suite]
         if not rows:
@@ -772,6 +797,9 @@ def run(args: argparse.Namespace) -> int:
     if "serving" in args.suites:
         print("serving ...", file=sys.stderr)
         records += run_serving(bench_dir, args.quick, torch_side, threads)
+    if "ranking" in args.suites:
+        print("ranking ...", file=sys.stderr)
+        records += run_ranking(bench_dir, args.quick, torch_side)
     wall = time.perf_counter() - t0
     env["wall_s"] = round(wall, 1)
     env["loadavg_end"] = _loadavg()

@@ -53,7 +53,8 @@ def split_candidates(candidates: Any, idx: np.ndarray) -> tuple[np.ndarray, list
 
     Returns
     -------
-    known : int32 ndarray (C',), distinct indices (sorted; the ranking order does not depend on it)
+    known : int32 ndarray (C',), distinct indices (in first-occurrence order; the ranking order does
+        not depend on it)
     unknown : list of the candidates with index -1, first occurrences in order
     """
     idx = np.asarray(idx)
@@ -68,7 +69,8 @@ def split_candidates(candidates: Any, idx: np.ndarray) -> tuple[np.ndarray, list
             seen.setdefault(c, None)
         unknown = list(seen)
         idx = idx[~bad]
-    return np.unique(idx).astype(np.int32, copy=False), unknown
+    # distinct indices; order does not matter (the kernel orders by score, then index)
+    return np.fromiter(dict.fromkeys(idx.tolist()), np.int32), unknown
 
 
 def check_candidates(candidates: Any, limit: int | None = None) -> Any:

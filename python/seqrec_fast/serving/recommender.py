@@ -637,19 +637,12 @@ class Recommender:
         return state[0][-1][0]
 
     def _candidate_index(self, candidates) -> np.ndarray:
-        """Internal index of each candidate, -1 if unknown (vectorised for integer ids)."""
-        if self._int_ids:
-            arr = candidates if isinstance(candidates, np.ndarray) else None
-            if arr is None and all(type(c) is int for c in candidates):
-                arr = np.fromiter(candidates, np.int64, len(candidates))
-            if arr is not None and arr.dtype.kind in "iu":
-                sorted_ids = getattr(self, "_sorted_ids", None)
-                if sorted_ids is None:
-                    order = np.argsort(self._ids, kind="stable")
-                    self._sorted_pos = order.astype(np.int32)
-                    sorted_ids = self._sorted_ids = self._ids[order]
-                pos = np.minimum(np.searchsorted(sorted_ids, arr), len(sorted_ids) - 1)
-                return np.where(sorted_ids[pos] == arr, self._sorted_pos[pos], -1).astype(np.int32)
+        """Internal index of each candidate, -1 if unknown."""
+        if isinstance(candidates, np.ndarray) and candidates.dtype.kind in "iuU":
+            candidates = candidates.tolist()
+        if self._int_ids and all(type(c) is int for c in candidates):
+            get = self._index.get  # plain ints are the map's own keys: no per-item type checks
+            return np.fromiter((get(c, -1) for c in candidates), np.int32, len(candidates))
         return np.fromiter((self._lookup(c) for c in candidates), np.int32, len(candidates))
 
     def _ranked(self, candidates, kernel: Callable) -> Ranking:
