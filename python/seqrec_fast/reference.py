@@ -42,7 +42,7 @@ GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
 def sigmoid(a: np.ndarray) -> np.ndarray:
-    """Logistic function, numerically stable for large |a|."""
+    """Logistic function, numerically stable for large ``|a|``."""
     return 0.5 * (np.tanh(0.5 * a) + 1.0)
 
 
