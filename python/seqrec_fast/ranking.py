@@ -41,14 +41,14 @@ class Ranking(NamedTuple):
     unknown: list
 
 
-def split_candidates(candidates: Any, idx: np.ndarray) -> tuple[np.ndarray, list]:
+def split_candidates(candidates: Any, idx: Any) -> tuple[np.ndarray, list]:
     """Distinct known indices and the unknown candidates.
 
     Parameters
     ----------
     candidates : sequence
         The candidate ids as given (used only to report the unknown ones).
-    idx : int array (C,)
+    idx : sequence of int (C,)
         Internal index of each candidate, -1 if unknown.
 
     Returns
@@ -57,20 +57,18 @@ def split_candidates(candidates: Any, idx: np.ndarray) -> tuple[np.ndarray, list
         not depend on it)
     unknown : list of the candidates with index -1, first occurrences in order
     """
-    idx = np.asarray(idx)
-    bad = idx < 0
+    if isinstance(idx, np.ndarray):
+        idx = idx.tolist()
+    distinct = dict.fromkeys(idx)
     unknown: list = []
-    if bad.any():
-        cands = candidates if isinstance(candidates, np.ndarray) else list(candidates)
+    if -1 in distinct:
+        del distinct[-1]
         seen: dict = {}
-        for p in np.flatnonzero(bad).tolist():
-            c = cands[p]
-            c = c.item() if isinstance(c, np.generic) else c
-            seen.setdefault(c, None)
+        for c, i in zip(candidates, idx):
+            if i < 0:
+                seen.setdefault(c.item() if isinstance(c, np.generic) else c, None)
         unknown = list(seen)
-        idx = idx[~bad]
-    # distinct indices; order does not matter (the kernel orders by score, then index)
-    return np.fromiter(dict.fromkeys(idx.tolist()), np.int32), unknown
+    return np.fromiter(distinct, np.int32, len(distinct)), unknown
 
 
 def check_candidates(candidates: Any, limit: int | None = None) -> Any:

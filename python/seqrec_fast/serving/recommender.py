@@ -636,14 +636,14 @@ class Recommender:
             raise UnknownSessionError(session_id)
         return state[0][-1][0]
 
-    def _candidate_index(self, candidates) -> np.ndarray:
+    def _candidate_index(self, candidates) -> list:
         """Internal index of each candidate, -1 if unknown."""
         if isinstance(candidates, np.ndarray) and candidates.dtype.kind in "iuU":
             candidates = candidates.tolist()
         if self._int_ids and all(type(c) is int for c in candidates):
             get = self._index.get  # plain ints are the map's own keys: no per-item type checks
-            return np.fromiter((get(c, -1) for c in candidates), np.int32, len(candidates))
-        return np.fromiter((self._lookup(c) for c in candidates), np.int32, len(candidates))
+            return [get(c, -1) for c in candidates]
+        return [self._lookup(c) for c in candidates]
 
     def _ranked(self, candidates, kernel: Callable) -> Ranking:
         """Map ``candidates``, call ``kernel(known (1, C') int32) -> (idx, scores)``, wrap up."""
