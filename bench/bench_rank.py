@@ -32,7 +32,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -127,7 +126,7 @@ def torch_worker(cands_sizes, quick: bool) -> dict:
     return out
 
 
-def run_torch(cands_sizes, quick: bool) -> Optional[dict]:
+def run_torch(cands_sizes, quick: bool) -> dict | None:
     if importlib.util.find_spec("torch") is None:
         print("NOTE: torch is not installed; the PyTorch baseline is skipped", file=sys.stderr)
         return None
@@ -235,8 +234,9 @@ def table(res: dict) -> str:
     Cs = sorted({r["C"] for r in res["rows"]})
     sides = list(dict.fromkeys(r["side"] for r in res["rows"] if r["side"].startswith("seqrec")))
     sides += [s for s in dict.fromkeys(r["side"] for r in res["rows"]) if s not in sides]
-    L = [f"Ranking C candidates, H = {H}, N = {N:,}, 1 thread; p50 / p90 in µs "
-         f"(torch {res['torch'] or 'not run'}; {cpu_model()})", "",
+    title = (f"Ranking C candidates, H = {H}, N = {N:,}, 1 thread; p50 / p90 in µs "
+             f"(torch {res['torch'] or 'not run'}; {cpu_model()})")
+    L = [title, "",
          "| side | " + " | ".join(f"C = {C:,} p50 | p90" for C in Cs) + " |",
          "|---|" + "---:|---:|" * len(Cs)]
     for s in sides:
@@ -247,7 +247,9 @@ def table(res: dict) -> str:
         L.append(f"| {s} | " + " | ".join(cells) + " |")
     L.append("")
     for C in Cs:
-        g = lambda s: by.get((s, C), {}).get("p50_us")  # noqa: E731
+        def g(side, C=C):
+            return by.get((side, C), {}).get("p50_us")
+
         sr, st, k, tt, tn = (g("seqrec step_rank"), g("seqrec step only"), g("seqrec rank_candidates"),
                              g("torch gather+matmul+sort"), g("numpy gather+matmul+sort"))
         line = f"C = {C:,}: step_rank - step = {sr - st:.1f} µs (aim <= {AIM_US:g} µs for C = 100)"

@@ -21,7 +21,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-
 import seqrec_fast as sf
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,14 +18,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 try:
-    import seqrec_fast  # noqa: F401  (an installed package wins)
+    import seqrec_fast
 except ImportError:
     sys.path.insert(0, str(ROOT / "python"))
-    import seqrec_fast  # noqa: F401
+    import seqrec_fast
 
 project = "seqrec_fast"
 author = "seqrec_fast authors"
-copyright = "seqrec_fast authors"  # noqa: A001
+copyright = "seqrec_fast authors"
 release = seqrec_fast.__version__
 version = release
 

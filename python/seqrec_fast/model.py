@@ -612,7 +612,7 @@ class SessionRNN:
             a = b
         return out
 
-    def transform(self, data) -> "SessionVectors":
+    def transform(self, data) -> SessionVectors:
         """One vector per session (or user history): the last layer's state after its items.
 
         The vector ``h`` of a session is exactly the state that scores its next item
@@ -671,7 +671,7 @@ class SessionRNN:
         present = lengths > 0
         return SessionVectors(np.asarray(sess_ids)[present], vecs[present])
 
-    def rank(self, items: Sequence, candidates: Sequence) -> "Ranking":
+    def rank(self, items: Sequence, candidates: Sequence) -> Ranking:
         """Order a candidate list by the model's scores after the session prefix ``items``.
 
         Only the candidates' rows of the item table are scored (one C++ call fused with the last

@@ -271,7 +271,7 @@ def create_app(
     max_k: int = DEFAULT_MAX_K,
     max_prefix: int = DEFAULT_MAX_PREFIX,
     max_concurrency: Optional[int] = None,
-    max_candidates: Optional[int] = None,
+    max_candidates: int | None = None,
 ) -> Starlette:
     """The ASGI application serving ``recommender``.
 

@@ -600,7 +600,7 @@ class Recommender:
     """Most candidates one :meth:`rank` / :meth:`rank_prefix` call accepts (ValueError beyond it;
     HTTP 413). A class default; set it on an instance to change it."""
 
-    def _session_state(self, session_id: Hashable) -> Optional[tuple[list, Optional[list]]]:
+    def _session_state(self, session_id: Hashable) -> tuple[list, list | None] | None:
         """A copy of the live state (h, c) of ``session_id`` (lists of (1, H_l) float32), or None."""
         entry = self.store.get(session_id, create=False)
         if entry is None:
@@ -655,7 +655,7 @@ class Recommender:
     def _rank_state(self, H: np.ndarray, cand: np.ndarray):
         return _core.rank_candidates(H, self._W_y, self._b_y, cand, self.num_threads)
 
-    def _step_rank(self, idx: int, cand: np.ndarray, h: list, c: Optional[list]):
+    def _step_rank(self, idx: int, cand: np.ndarray, h: list, c: list | None):
         return _core.step_rank(self.cell, self.embedding, self._weights, self._E_in, self._W_y,
                                self._b_y, h, c, np.array([idx], np.int32), cand, self.num_threads)
 
