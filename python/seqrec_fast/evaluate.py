@@ -43,6 +43,7 @@ __all__ = [
 
 UNKNOWN_TARGET_MODES: tuple[str, ...] = ("drop", "miss")
 TARGET_MODES: tuple[str, ...] = ("all", "last")
+ENGINES: tuple[str, ...] = ("local", "ray")
 
 
 @runtime_checkable
@@ -239,6 +240,9 @@ def evaluate(
     batch_size: int = 512,
     max_position: int = 10,
     targets: str = "all",
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
 ) -> EvalResult:
     """Next-item full-ranking evaluation of ``scorer`` on ``test``.
 
@@ -262,6 +266,16 @@ def evaluate(
         ``"all"``: every event after the first is a prediction (session-based protocol). ``"last"``: only
         the last event of each test session is (leave-one-out on user histories; earlier events are only
         fed as inputs).
+    engine : {"local", "ray"}, default "local"
+        ``"ray"`` splits the test sessions into contiguous partitions, counts each partition's ranks in a
+        Ray task (one copy of ``scorer`` per task, ``scorer.num_threads`` CPUs each) and concatenates
+        the counts in order: the metrics are identical to the local run's (rank counts of a session do
+        not depend on which sessions it is batched with). Needs the ``ray`` extra.
+    address : str, optional
+        With ``engine="ray"``: the cluster to join (see :func:`seqrec_fast.cluster.ray_session`);
+        default: the Ray this process joined, else a local Ray.
+    workers : int, optional
+        With ``engine="ray"``: number of partitions (default: the cluster's CPUs / threads per task).
 
     Returns
     -------
@@ -274,16 +288,66 @@ def evaluate(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(max_position, (int, np.integer)) or max_position < 1:
         raise ValueError(f"max_position must be a positive int, got {max_position!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 1):
+        raise ValueError(f"workers must be None or a positive int, got {workers!r}")
     n_items = int(scorer.n_items)
     prep = prepare_test(test, n_items, unknown_targets, targets)
-    items, offsets = prep.items, prep.offsets
+    t0 = time.perf_counter()
+    if engine == "local":
+        n_gt, n_ge, scored = _count_ranks(scorer, prep.items, prep.offsets, batch_size)
+    else:
+        n_gt, n_ge, scored = _count_ranks_ray(scorer, prep.items, prep.offsets, batch_size,
+                                              address, workers)
+    seconds = time.perf_counter() - t0
+
+    scored &= prep.is_target
+    ranks_scored = ranks_from_counts(n_gt[scored], n_ge[scored], tie_mode)
+    pos_scored = prep.positions[scored]
+    ranks = np.concatenate((ranks_scored, np.full(prep.miss_positions.size, np.inf)))
+    positions = np.concatenate((pos_scored, prep.miss_positions))
+    assert ranks.size == prep.n_events, (ranks.size, prep.n_events)
+    metrics = metrics_from_ranks(ranks, cut)
+    by_position: dict[str, dict[str, float]] = {}
+    bucket = np.minimum(positions, max_position)
+    for p in range(1, max_position + 1):
+        sel = bucket == p
+        if not sel.any():
+            continue
+        label = f"{p}+" if p == max_position else str(p)
+        entry: dict[str, float] = {"n": int(sel.sum())}
+        entry.update(metrics_from_ranks(ranks[sel], cut))
+        by_position[label] = entry
+    return EvalResult(
+        metrics=metrics,
+        n_events=int(prep.n_events),
+        n_dropped=int(prep.n_dropped),
+        n_scored=int(ranks_scored.size),
+        n_unknown_targets=int(prep.miss_positions.size),
+        by_position=by_position,
+        seconds=seconds,
+        cutoffs=cut,
+        tie_mode=tie_mode,
+        unknown_targets=unknown_targets,
+        targets=targets,
+        ranks=ranks,
+    )
+
+
+def _count_ranks(
+    scorer: NextItemScorer, items: np.ndarray, offsets: np.ndarray, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Session-parallel counting over compressed sessions: per event, the items scoring above
+    (n_gt) and at least (n_ge) its target, and whether it was scored (every event but the first of
+    each session). Returns (n_gt int64, n_ge int64, scored bool), each (len(items),)."""
+    n_items = int(scorer.n_items)
     n_sess = offsets.size - 1
     n_gt = np.zeros(items.size, dtype=np.int64)
     n_ge = np.zeros(items.size, dtype=np.int64)
     scored = np.zeros(items.size, dtype=bool)
 
     fused = getattr(scorer, "score_counts", None)
-    t0 = time.perf_counter()
     if n_sess > 0:
         lengths = np.diff(offsets)
         n_slots = int(min(batch_size, n_sess))
@@ -326,39 +390,45 @@ def evaluate(
                     scorer.reset(new)
                     next_sess += k
                 active[done[k:]] = False
-    seconds = time.perf_counter() - t0
+    return n_gt, n_ge, scored
 
-    scored &= prep.is_target
-    ranks_scored = ranks_from_counts(n_gt[scored], n_ge[scored], tie_mode)
-    pos_scored = prep.positions[scored]
-    ranks = np.concatenate((ranks_scored, np.full(prep.miss_positions.size, np.inf)))
-    positions = np.concatenate((pos_scored, prep.miss_positions))
-    assert ranks.size == prep.n_events, (ranks.size, prep.n_events)
-    metrics = metrics_from_ranks(ranks, cut)
-    by_position: dict[str, dict[str, float]] = {}
-    bucket = np.minimum(positions, max_position)
-    for p in range(1, max_position + 1):
-        sel = bucket == p
-        if not sel.any():
-            continue
-        label = f"{p}+" if p == max_position else str(p)
-        entry: dict[str, float] = {"n": int(sel.sum())}
-        entry.update(metrics_from_ranks(ranks[sel], cut))
-        by_position[label] = entry
-    return EvalResult(
-        metrics=metrics,
-        n_events=int(prep.n_events),
-        n_dropped=int(prep.n_dropped),
-        n_scored=int(ranks_scored.size),
-        n_unknown_targets=int(prep.miss_positions.size),
-        by_position=by_position,
-        seconds=seconds,
-        cutoffs=cut,
-        tie_mode=tie_mode,
-        unknown_targets=unknown_targets,
-        targets=targets,
-        ranks=ranks,
-    )
+
+def _count_ranks_ray(
+    scorer: NextItemScorer,
+    items: np.ndarray,
+    offsets: np.ndarray,
+    batch_size: int,
+    address: str | None,
+    workers: int | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_count_ranks` over contiguous partitions of the sessions, one Ray task each; the
+    per-event counts are concatenated in session order."""
+    from .cluster import default_workers, ray_session
+
+    threads = max(1, int(getattr(scorer, "num_threads", None) or 1))
+    n_sess = offsets.size - 1
+    with ray_session(address) as ray:
+        n_parts = int(workers) if workers is not None else default_workers(threads)
+        n_parts = max(1, min(n_parts, n_sess))
+        # balance events: cut where the cumulative event count crosses i / n_parts of the total
+        cuts = np.searchsorted(offsets, np.linspace(0, offsets[-1], n_parts + 1)[1:-1])
+        bounds = np.unique(np.concatenate(([0], cuts, [n_sess]))).astype(np.int64)
+        remote = ray.remote(num_cpus=threads)(_count_partition)
+        scorer_ref = ray.put(scorer)
+        refs = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            e0, e1 = offsets[a], offsets[b]
+            refs.append(remote.remote(scorer_ref, items[e0:e1], offsets[a : b + 1] - e0, batch_size))
+        parts = ray.get(refs)
+    if not parts:
+        z = np.zeros(0, np.int64)
+        return z, z.copy(), np.zeros(0, bool)
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+
+
+def _count_partition(scorer, items, offsets, batch_size):
+    """A Ray task: the rank counts of one partition of the test sessions."""
+    return _count_ranks(scorer, items, offsets, batch_size)
 
 
 class _CallableModule(type(sys.modules[__name__])):

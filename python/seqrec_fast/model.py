@@ -495,9 +495,20 @@ class SessionRNN:
         """Advance the given slots by one item each; returns the top-layer outputs (n, H_L)."""
         slots = np.asarray(slots)
         items = np.asarray(items, dtype=np.int64)
-        h = [np.ascontiguousarray(a[slots]) for a in self._h]
-        c = [np.ascontiguousarray(a[slots]) for a in self._c] if self._c is not None else None
-        h, c, out = self._step(h, c, items)
+        # Eigen computes rows left over after its row panels (n % 4 of them) on another path whose
+        # rounding differs: pad the batch to a multiple of 8 rows so a session's scores never depend
+        # on how sessions are batched or partitioned (evaluate's batch_size, Ray partitions).
+        n = slots.size
+        pad = (-n) % 8
+        rows = np.concatenate([slots, np.repeat(slots[:1], pad)]) if pad and n else slots
+        h = [np.ascontiguousarray(a[rows]) for a in self._h]
+        c = [np.ascontiguousarray(a[rows]) for a in self._c] if self._c is not None else None
+        h, c, out = self._step(h, c, np.concatenate([items, np.repeat(items[:1], pad)])
+                               if pad and n else items)
+        if pad and n:
+            h = [a[:n] for a in h]
+            c = [a[:n] for a in c] if c is not None else None
+            out = out[:n]
         for l in range(len(self._h)):
             self._h[l][slots] = h[l]
             if c is not None:

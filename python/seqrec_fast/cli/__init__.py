@@ -1,7 +1,7 @@
 """The ``seqrec`` command line.
 
 One module per command group (``data``, ``baseline``, ``demo``, ``model``, ``serve``, ``bench``,
-``embed``); each
+``embed``, ``tune``, ``score``); each
 defines ``_register_<name>(subparsers)`` adding one subparser with ``set_defaults(func=...)`` (``args -> int``).
 Adding a command is writing such a function in its group's module and listing it in
 :data:`COMMAND_REGISTRARS`.
@@ -24,7 +24,9 @@ from .data import _register_data
 from .demo import _register_demo
 from .embed import _register_embed
 from .model import _register_evaluate, _register_recommend, _register_train
+from .score import _register_score
 from .serve import _register_serve
+from .tune import _register_tune
 
 __all__ = ["COMMAND_REGISTRARS", "CLIError", "build_parser", "main", "write_json_atomic"]
 
@@ -38,6 +40,8 @@ COMMAND_REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_serve,
     _register_bench,
     _register_embed,
+    _register_tune,
+    _register_score,
 ]
 
 

@@ -151,6 +151,13 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
         help="scoring threads (default: the model's num_threads)",
     )
     add_eval_options(p)
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local, or ray: test sessions split across Ray workers, rank counts "
+                   "combined (identical metrics; default: local)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster to join with --engine ray (default: a local Ray)")
+    p.add_argument("--workers", type=_positive_int, default=None, metavar="W",
+                   help="partitions with --engine ray (default: the cluster's CPUs / threads)")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -176,6 +183,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         unknown_targets=args.unknown_targets,
         batch_size=args.batch_size,
         targets=args.targets,
+        engine=args.engine,
+        address=args.address,
+        workers=args.workers,
     )
     params = model.get_params()
     desc = ", ".join(
