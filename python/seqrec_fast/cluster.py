@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["cluster_cpus", "default_workers", "ray_session", "require_ray"]
 
@@ -28,7 +28,7 @@ def require_ray() -> Any:
 
 
 @contextlib.contextmanager
-def ray_session(address: Optional[str] = None, num_cpus: Optional[int] = None) -> Iterator[Any]:
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
     """Use the running Ray, join the cluster at ``address``, or start a local Ray.
 
     Parameters

@@ -33,7 +33,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,13 +46,13 @@ from .data import (
     FORMATS,
     _as_id_array,
     _check_path,
+    _head_lines,
     _ids_from_str,
     _is_gzip,
     _lookup,
     _parse_ids,
     _pick,
     _read_head,
-    _head_lines,
     _tokenize,
     detect_format,
 )
@@ -94,9 +94,9 @@ class _Block:
 # reading: chunks of events in file order
 # --------------------------------------------------------------------------------------------------
 def _event_chunks(
-    path: str, fmt: str, chunk_rows: int, session_key: Optional[str], item_key: Optional[str],
-    time_key: Optional[str],
-) -> Iterator[tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]:
+    path: str, fmt: str, chunk_rows: int, session_key: str | None, item_key: str | None,
+    time_key: str | None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """(session ids, item ids, times or None) per chunk, in file order."""
     if fmt == "parquet":
         yield from _parquet_chunks(path, chunk_rows, session_key, item_key, time_key)
@@ -251,10 +251,10 @@ def iter_session_blocks(
     format: str = "auto",
     block_sessions: int = 4096,
     chunk_rows: int = 1 << 20,
-    session_key: Optional[str] = None,
-    item_key: Optional[str] = None,
-    time_key: Optional[str] = None,
-    counters: Optional[dict] = None,
+    session_key: str | None = None,
+    item_key: str | None = None,
+    time_key: str | None = None,
+    counters: dict | None = None,
 ) -> Iterator[_Block]:
     """Blocks of up to ``block_sessions`` complete sessions of ``path``, in input order, with items
     mapped to indices of ``item_ids`` (unknown items dropped; sessions left empty dropped).
@@ -276,8 +276,8 @@ def iter_session_blocks(
     cnt = counters if counters is not None else {}
     cnt.setdefault("n_sessions", 0)
     cnt.setdefault("n_unknown_events", 0)
-    carry: Optional[tuple] = None  # (sess, items, times) of the trailing, maybe unfinished session
-    sess_kind: Optional[np.ndarray] = None
+    carry: tuple | None = None  # (sess, items, times) of the trailing, maybe unfinished session
+    sess_kind: np.ndarray | None = None
     pend_ids: list = []
     pend_items: list = []
     pend_len: list = []
@@ -452,16 +452,16 @@ def score(
     *,
     exclude_seen: bool = False,
     engine: str = "local",
-    address: Optional[str] = None,
-    workers: Optional[int] = None,
-    threads: Optional[int] = None,
+    address: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
     format: str = "auto",
     block_sessions: int = 4096,
     chunk_rows: int = 1 << 20,
     row_group_rows: int = 1 << 20,
-    session_key: Optional[str] = None,
-    item_key: Optional[str] = None,
-    time_key: Optional[str] = None,
+    session_key: str | None = None,
+    item_key: str | None = None,
+    time_key: str | None = None,
 ) -> ScoreStats:
     """Write the top-``k`` next items of every session in ``sessions`` to the Parquet file ``out``.
 

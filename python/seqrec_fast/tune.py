@@ -30,8 +30,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class SearchParam:
     name: str
     dtype: str
     values: tuple
-    step: Optional[float] = None
+    step: float | None = None
     log: bool = False
 
     def suggest(self, trial: Any) -> Any:
@@ -84,7 +85,7 @@ class SearchParam:
         return d
 
 
-def load_space(path: Union[str, os.PathLike]) -> list[SearchParam]:
+def load_space(path: str | os.PathLike) -> list[SearchParam]:
     """Read a search space in the official GRU4Rec JSON-lines format.
 
     Raises
@@ -125,7 +126,7 @@ def load_space(path: Union[str, os.PathLike]) -> list[SearchParam]:
 
 def _parse_param(obj: Any, where: str) -> SearchParam:
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")  # noqa: TRY004 (bad file content)
     extra = set(obj) - {"name", "dtype", "values", "step", "log"}
     if extra:
         raise ValueError(f"{where}: unknown key(s) {sorted(extra)}; expected name, dtype, values, "
@@ -188,7 +189,7 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} {v!r} to TOML")
 
 
-def write_config(path: Union[str, os.PathLike], params: dict, comments: Sequence[str] = ()) -> None:
+def write_config(path: str | os.PathLike, params: dict, comments: Sequence[str] = ()) -> None:
     """Write a flat TOML config (``seqrec train --config``) atomically; None values are left out."""
     p = os.fspath(path)
     lines = [f"# {c}" for c in comments]
@@ -288,8 +289,8 @@ class TuneResult:
     """What :func:`tune` returns; unpacks as ``study, best_params = tune(...)``."""
 
     study: Any
-    best_params: Optional[dict]
-    best_value: Optional[float]
+    best_params: dict | None
+    best_value: float | None
     out: str
     seconds: float
     interrupted: bool = False
@@ -310,18 +311,18 @@ def _load_data(x: Any, what: str, fmt: str, item_map: Any = None) -> SessionData
 
 
 def tune(
-    train: Union[str, os.PathLike, SessionData],
-    valid: Union[str, os.PathLike, SessionData],
-    space: Union[str, os.PathLike, Sequence[SearchParam]],
+    train: str | os.PathLike | SessionData,
+    valid: str | os.PathLike | SessionData,
+    space: str | os.PathLike | Sequence[SearchParam],
     n_trials: int,
-    out: Union[str, os.PathLike],
+    out: str | os.PathLike,
     *,
     metric: str = "mrr@20",
-    fixed: Optional[dict] = None,
-    config: Union[str, os.PathLike, None] = None,
-    parallel: Optional[int] = None,
+    fixed: dict | None = None,
+    config: str | os.PathLike | None = None,
+    parallel: int | None = None,
     threads_per_trial: int = 1,
-    address: Optional[str] = None,
+    address: str | None = None,
     seed: int = 0,
     resume: bool = False,
     prune: bool = True,
@@ -492,7 +493,7 @@ def tune(
                     trial = running.pop(ref)
                     try:
                         res = ray.get(ref)
-                    except Exception as e:  # the worker died or the task could not run
+                    except Exception as e:  # noqa: BLE001 - the worker died, the task did not run
                         res = {"state": "fail", "value": None, "epochs": [], "seconds": None,
                                "error": f"{type(e).__name__}: {e}"}
                     _finish(study, trial, res, metric, verbose)

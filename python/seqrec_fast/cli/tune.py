@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import CLIError, _check_in_path, _format_choices, _model_param, _nonneg_int, _positive_int
+from .common import (
+    CLIError,
+    _check_in_path,
+    _format_choices,
+    _model_param,
+    _nonneg_int,
+    _positive_int,
+)
 
 
 def _register_tune(sub: argparse._SubParsersAction) -> None:
