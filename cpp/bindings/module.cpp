@@ -76,7 +76,7 @@ struct Args {
                  std::string(py::str(py::type::of(obj).attr("__name__"))));
     }
     auto a = py::reinterpret_borrow<py::array>(obj);
-    if (!a.dtype().is(py::dtype::of<T>())) {
+    if (!a.dtype().equal(py::dtype::of<T>())) {
       type_error("argument '" + name + "' has dtype " + std::string(py::str(a.dtype())) +
                  "; expected " + std::string(py::str(py::dtype::of<T>())) +
                  " (all float arguments of one call share a dtype; convert with "
@@ -168,8 +168,8 @@ DType dtype_of(const Args& args, py::handle obj, const char* name) {
                     std::string(py::str(py::type::of(obj).attr("__name__"))));
   }
   auto a = py::reinterpret_borrow<py::array>(obj);
-  if (a.dtype().is(py::dtype::of<float>())) return DType::F32;
-  if (a.dtype().is(py::dtype::of<double>())) return DType::F64;
+  if (a.dtype().equal(py::dtype::of<float>())) return DType::F32;
+  if (a.dtype().equal(py::dtype::of<double>())) return DType::F64;
   args.type_error(std::string("argument '") + name + "' has dtype " + std::string(py::str(a.dtype())) +
                   "; expected float32 or float64");
 }
@@ -1032,13 +1032,13 @@ seqrec::ItemTable parse_table(const Args& args, py::handle table_, py::handle sc
                                        : std::vector<Index>{N, D};
   const char* what = it.packed ? "(ceil(N/16), D, 16) from pack_table" : "(N, D)";
   py::array a;
-  if (t.dtype().is(py::dtype::of<float>())) {
+  if (t.dtype().equal(py::dtype::of<float>())) {
     it.kind = seqrec::TableKind::F32;
     a = args.array<float>(t, "table", shape, what);
-  } else if (t.dtype().is(py::dtype::of<std::uint16_t>())) {
+  } else if (t.dtype().equal(py::dtype::of<std::uint16_t>())) {
     it.kind = seqrec::TableKind::BF16;
     a = args.array<std::uint16_t>(t, "table", shape, what);
-  } else if (t.dtype().is(py::dtype::of<std::int8_t>())) {
+  } else if (t.dtype().equal(py::dtype::of<std::int8_t>())) {
     it.kind = seqrec::TableKind::I8;
     a = args.array<std::int8_t>(t, "table", shape, what);
   } else {
@@ -1082,9 +1082,9 @@ py::array pack_table(py::object W) {
   Args a{"pack_table"};
   if (!py::isinstance<py::array>(W)) a.type_error("W must be a numpy.ndarray");
   auto arr = py::reinterpret_borrow<py::array>(W);
-  if (arr.dtype().is(py::dtype::of<float>())) return pack_typed<float>(a, W);
-  if (arr.dtype().is(py::dtype::of<std::uint16_t>())) return pack_typed<std::uint16_t>(a, W);
-  if (arr.dtype().is(py::dtype::of<std::int8_t>())) return pack_typed<std::int8_t>(a, W);
+  if (arr.dtype().equal(py::dtype::of<float>())) return pack_typed<float>(a, W);
+  if (arr.dtype().equal(py::dtype::of<std::uint16_t>())) return pack_typed<std::uint16_t>(a, W);
+  if (arr.dtype().equal(py::dtype::of<std::int8_t>())) return pack_typed<std::int8_t>(a, W);
   a.type_error("W has dtype " + std::string(py::str(arr.dtype())) + "; expected float32, uint16 or int8");
 }
 

@@ -427,8 +427,11 @@ def _count_ranks_ray(
 
 
 def _count_partition(scorer, items, offsets, batch_size):
-    """A Ray task: the rank counts of one partition of the test sessions."""
-    return _count_ranks(scorer, items, offsets, batch_size)
+    """A Ray task: the rank counts of one partition of the test sessions (on a private copy of
+    the stateful scorer; its arrays come from the object store as read-only views)."""
+    import copy
+
+    return _count_ranks(copy.deepcopy(scorer), items, offsets, batch_size)
 
 
 class _CallableModule(type(sys.modules[__name__])):

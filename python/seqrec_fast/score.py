@@ -435,7 +435,10 @@ class _ScoreActor:
     """A Ray actor: one model copy, scores blocks sent to it."""
 
     def __init__(self, model: Any, threads: int):
-        self.scorer = _BlockScorer(model, threads)
+        import copy
+
+        # arrays from the object store are read-only views; the kernels want owned arrays
+        self.scorer = _BlockScorer(copy.deepcopy(model), threads)
 
     def score(self, items, offsets, k, exclude_seen):
         return self.scorer(items, offsets, k, exclude_seen)

@@ -1,0 +1,92 @@
+"""Evaluation does not depend on how test sessions are batched or partitioned: any batch_size, and
+engine="ray" (sessions split across Ray tasks, rank counts concatenated) give the local metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seqrec_fast.cli import main
+from seqrec_fast.data import SessionData
+from seqrec_fast.evaluate import evaluate
+from seqrec_fast.model import SessionRNN
+from seqrec_fast.synthetic import generate_sessions
+
+
+@pytest.fixture(scope="module")
+def model_and_test():
+    d = generate_sessions(n_sessions=900, n_items=160, seed=21, n_days=2)
+    cut = 700
+    o = d.offsets
+    train = SessionData(d.items[: o[cut]], o[: cut + 1], d.item_ids)
+    test = SessionData(d.items[o[cut]:], o[cut:] - o[cut], d.item_ids)
+    model = SessionRNN(layers=[20], n_epochs=2, batch_size=16, n_sample=32, num_threads=1,
+                       progress=False, verbose=False, seed=2).fit(train)
+    return model, test
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_ranks_do_not_depend_on_batch_size(model_and_test, cell):
+    model, test = model_and_test
+    if cell != model.cell:
+        d = generate_sessions(n_sessions=300, n_items=160, seed=22, n_days=1)
+        model = SessionRNN(cell=cell, layers=[9, 13], n_epochs=1, batch_size=8, n_sample=16,
+                           num_threads=1, progress=False, verbose=False).fit(d)
+    ref = evaluate(model, test, batch_size=512).ranks
+    for bs in (1, 2, 3, 5, 7, 37):
+        np.testing.assert_array_equal(evaluate(model, test, batch_size=bs).ranks, ref)
+
+
+def test_ray_engine_identical_to_local(model_and_test, ray_local):
+    model, test = model_and_test
+    local = evaluate(model, test, cutoffs=(1, 5, 20))
+    for workers in (2, 5):
+        dist = evaluate(model, test, cutoffs=(1, 5, 20), engine="ray", workers=workers)
+        np.testing.assert_array_equal(dist.ranks, local.ranks)
+        assert dist.metrics == local.metrics
+        assert dist.by_position == local.by_position
+        assert dist.n_events == local.n_events
+
+
+def test_engine_errors(model_and_test):
+    model, test = model_and_test
+    with pytest.raises(ValueError, match="engine"):
+        evaluate(model, test, engine="dask")
+    with pytest.raises(ValueError, match="workers"):
+        evaluate(model, test, engine="ray", workers=0)
+
+
+def test_cli_evaluate_engine_ray(model_and_test, tmp_path, ray_local, capsys):
+    import json
+
+    import pandas as pd
+
+    model, test = model_and_test
+    model.save(tmp_path / "m.npz")
+    sess = np.repeat(np.arange(test.n_sessions), np.diff(test.offsets))
+    pd.DataFrame({"SessionId": sess, "ItemId": test.item_ids[test.items],
+                  "Time": np.arange(test.n_events)}).to_csv(tmp_path / "t.tsv", sep="\t",
+                                                           index=False)
+    out = {}
+    for engine in ("local", "ray"):
+        j = tmp_path / f"{engine}.json"
+        assert main(["evaluate", str(tmp_path / "m.npz"), str(tmp_path / "t.tsv"), "--engine",
+                     engine, "--workers", "2", "--json", str(j)]) == 0
+        out[engine] = json.loads(j.read_text())
+    capsys.readouterr()
+    assert out["ray"]["metrics"] == out["local"]["metrics"]
+
+
+def test_pickled_model_scores_the_same(model_and_test):
+    """Arrays that went through pickle (multiprocessing, Ray) carry an equal but not identical
+    dtype object; the kernels accept them."""
+    import pickle
+
+    model, test = model_and_test
+    clone = pickle.loads(pickle.dumps(model))
+    assert clone.W_y_.dtype == np.float32
+    np.testing.assert_array_equal(evaluate(clone, test).ranks, evaluate(model, test).ranks)
+    ids, scores = clone.recommend(list(test.item_ids[test.items[:3]]), k=5)
+    ref_ids, ref_scores = model.recommend(list(test.item_ids[test.items[:3]]), k=5)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(scores, ref_scores)
