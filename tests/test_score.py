@@ -76,7 +76,7 @@ def test_parquet_streamed_equals_tsv_and_blocks(files, tmp_path):
     a, b, c = tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "c.parquet"
     score(model, d / "test.tsv", a, k=5)
     score(model, d / "test.parquet", b, k=5, chunk_rows=23)  # chunks smaller than row groups
-    score(model, d / "test.parquet", c, k=5, block_sessions=1, chunk_rows=1)
+    score(model, d / "test.parquet", c, k=5, block_sessions=3, chunk_rows=5)
     ta, tb, tc = pd.read_parquet(a), pd.read_parquet(b), pd.read_parquet(c)
     pd.testing.assert_frame_equal(ta, tb)
     pd.testing.assert_frame_equal(ta, tc)
@@ -85,7 +85,7 @@ def test_parquet_streamed_equals_tsv_and_blocks(files, tmp_path):
 def test_blocks_assemble_sessions_across_chunks(files):
     d, model, test_f = files
     blocks = list(iter_session_blocks(d / "test.parquet", model.item_ids_, block_sessions=10,
-                                      chunk_rows=3))
+                                      chunk_rows=4))
     sids = np.concatenate([b.session_ids for b in blocks])
     assert len(sids) == len(set(sids.tolist()))
     assert all(len(b.session_ids) <= 10 for b in blocks)

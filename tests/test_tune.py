@@ -193,7 +193,7 @@ def test_pruner_stops_hopeless_trials(data, tmp_path, ray_local):
     # half of the learning rates are far too small to learn anything in a few epochs
     space = [SearchParam("learning_rate", "categorical", (1e-6, 0.2))]
     fixed = dict(FIXED, n_epochs=4)
-    res = tune(train, valid, space, 8, tmp_path / "p", fixed=fixed, parallel=1, seed=1,
+    res = tune(train, valid, space, 7, tmp_path / "p", fixed=fixed, parallel=1, seed=1,
                pruner_startup_trials=2, pruner_warmup_epochs=1, verbose=False)
     recs = [json.loads(x) for x in (tmp_path / "p" / "trials.jsonl").read_text().splitlines()]
     pruned = [r for r in recs if r["state"] == "pruned"]
@@ -229,13 +229,31 @@ def test_ctrl_c_stops_cleanly_with_the_study_saved(data, tmp_path, ray_local):
     space = [SearchParam("learning_rate", "float", (0.02, 0.3), 0.01)]
     out = tmp_path / "c"
     fixed = dict(FIXED, n_epochs=200)  # long trials: Ctrl-C lands while they run
-    timer = threading.Timer(4.0, _thread.interrupt_main)
-    timer.start()
+    stop = threading.Event()
+
+    def ctrl_c_when_trials_run():
+        # press Ctrl-C once the study has running trials
+        while not stop.wait(0.2):
+            if not (out / "study.db").exists():
+                continue
+            try:
+                s = optuna.load_study(study_name="seqrec-tune", storage=f"sqlite:///{out / 'study.db'}")
+                running = [t for t in s.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
+            except Exception:  # noqa: BLE001, S112 - the study is being created
+                continue
+            if running:
+                stop.wait(0.5)
+                _thread.interrupt_main()
+                return
+
+    watcher = threading.Thread(target=ctrl_c_when_trials_run, daemon=True)
+    watcher.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             tune(train, valid, space, 50, out, fixed=fixed, parallel=2, prune=False, verbose=False)
     finally:
-        timer.cancel()
+        stop.set()
+        watcher.join()
     study = optuna.load_study(study_name="seqrec-tune", storage=f"sqlite:///{out / 'study.db'}")
     states = [t.state.name for t in study.trials]
     assert states and "RUNNING" not in states
