@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import _thread
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -17,6 +18,13 @@ from seqrec_fast.data import SessionData
 from seqrec_fast.model import SessionRNN
 from seqrec_fast.synthetic import generate_sessions
 from seqrec_fast.tune import OFFICIAL_NAMES, SearchParam, load_space, tune, write_config
+
+try:
+    import optuna  # noqa: F401
+except ImportError:
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("optuna is not installed (pip install '.[ray]')", allow_module_level=True)
 
 REPO = Path(__file__).resolve().parents[1]
 SPACES = REPO / "configs" / "spaces"

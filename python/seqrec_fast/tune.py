@@ -407,7 +407,11 @@ def tune(
 
     SessionRNN(**base)._validated()
 
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise ImportError("seqrec tune needs Optuna and Ray; install the extra with: "
+                          "pip install 'seqrec-fast[ray]'") from None
 
     out_dir = os.fspath(out)
     os.makedirs(out_dir, exist_ok=True)
