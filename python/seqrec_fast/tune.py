@@ -634,7 +634,8 @@ def _plot_history(recs: list, metric: str, path: str) -> None:
     ax.set_xlabel("trial")
     ax.set_ylabel(f"validation {metric}")
     ax.set_title(f"optimization history ({len(recs)} trials, {n_fail} failed)")
-    ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right")
     fig.tight_layout()
     tmp = f"{path}.tmp{os.getpid()}.png"
     try:
