@@ -60,7 +60,7 @@ def pct(xs) -> dict:
 
 
 def run(N: int, H: int, k: int, threads: int, n_queries: int, M: int, efc: int, ef_search: list,
-        rounds: int = 3) -> list[dict]:
+        rounds: int = 3, space: str = "l2") -> list[dict]:
     from seqrec_fast import _core
     from seqrec_fast.serving.index import HnswIndex
 
@@ -72,7 +72,7 @@ def run(N: int, H: int, k: int, threads: int, n_queries: int, M: int, efc: int, 
 
     rss0 = rss_bytes()
     t0 = time.perf_counter()
-    index = HnswIndex.build(W, b, "bench", M=M, ef_construction=efc, num_threads=threads)
+    index = HnswIndex.build(W, b, "bench", M=M, ef_construction=efc, num_threads=threads, space=space)
     build_s = time.perf_counter() - t0
     build_rss = rss_bytes() - rss0
     print(f"N={N:,}: index built in {build_s:.1f} s (+{build_rss / 2**20:.0f} MiB)", flush=True)
@@ -118,7 +118,7 @@ def run(N: int, H: int, k: int, threads: int, n_queries: int, M: int, efc: int, 
                  "table_bytes": int(table.nbytes)})
     recs.append({**base, "side": "numpy W_y @ h (product only)", **pct(lat["numpy"])})
     for e in ef_search:
-        recs.append({**base, "side": f"hnsw M={M} efc={efc} ef={e}", **pct(lat[f"hnsw ef={e}"]),
+        recs.append({**base, "side": f"hnsw {space} M={M} efc={efc} ef={e}", **pct(lat[f"hnsw ef={e}"]),
                      "overlap": overlap[e], "build_s": build_s, "build_rss_bytes": build_rss,
                      "file_bytes": file_bytes, "save_s": save_s, "load_s": load_s})
     del index, W, b, table
@@ -135,6 +135,8 @@ def main(argv=None) -> int:
     ap.add_argument("--M", type=int, default=16)
     ap.add_argument("--ef-construction", type=int, default=100)
     ap.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 256])
+    ap.add_argument("--space", choices=["l2", "ip"], default="l2",
+                    help="l2: inner product reduced to L2 by an extra coordinate; ip: hnswlib's ip graph")
     ap.add_argument("--quick", action="store_true", help="N=20k, 90 queries")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
@@ -143,7 +145,7 @@ def main(argv=None) -> int:
     out = []
     for N in args.items:
         recs = run(N, args.hidden, args.k, args.threads, args.queries, args.M, args.ef_construction,
-                   args.ef_search)
+                   args.ef_search, space=args.space)
         out += recs
         print(f"\n| N | side | p50 µs | p99 µs | overlap@{args.k} | build s | build MiB | file MiB |")
         print("|---:|---|---:|---:|---:|---:|---:|---:|")

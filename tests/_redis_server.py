@@ -57,7 +57,7 @@ class RedisServer:
 
         return redis.Redis(host=HOST, port=self.port, db=0, socket_timeout=2)
 
-    def start(self, timeout: float = 10.0) -> "RedisServer":
+    def start(self, timeout: float = 10.0) -> RedisServer:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
              "--protected-mode", "no", *self.extra],
@@ -69,7 +69,7 @@ class RedisServer:
             try:
                 if self.client().ping():
                     return self
-            except Exception:
+            except Exception:  # noqa: BLE001 - any failure to connect means "not up yet"
                 time.sleep(0.05)
         raise RuntimeError("redis-server did not come up")
 

@@ -41,7 +41,7 @@ def test_index_matches_exact_and_scores_are_exact():
     b = (rng.standard_normal(N) * 2).astype(np.float32)  # the bias decides much of the ranking
     Q = rng.standard_normal((50, H)).astype(np.float32)
     ix = HnswIndex.build(W, b, "fp", M=16, ef_construction=200, ef_search=200)
-    exact, exact_sc = _core.topk(Q, W, b, k, None, None, 1)
+    exact, _exact_sc = _core.topk(Q, W, b, k, None, None, 1)
     got, sc = ix.search(Q, k)
     assert got.dtype == np.int32 and sc.dtype == np.float32 and got.shape == (50, k)
     assert _overlap(got, exact) >= 0.95
@@ -52,7 +52,7 @@ def test_index_matches_exact_and_scores_are_exact():
     # exclusions: never returned, still k results
     ex = np.full((50, 7), -1, np.int32)
     ex[:, :5] = exact[:, :5]
-    got2, sc2 = ix.search(Q, k, ex)
+    got2, _sc2 = ix.search(Q, k, ex)
     for row, e in zip(got2, ex):
         assert not set(row.tolist()) & set(e[e >= 0].tolist()) and (row >= 0).all()
     # k above N: padded with -1 / -inf

@@ -40,6 +40,8 @@ __all__ = ["HnswIndex"]
 DEFAULT_M = 16
 DEFAULT_EF_CONSTRUCTION = 100
 DEFAULT_EF_SEARCH = 128
+SPACES = ("l2", "ip")
+DEFAULT_SPACE = "l2"
 
 
 def _hnswlib():
@@ -93,10 +95,16 @@ class HnswIndex:
     @classmethod
     def build(cls, W_y: np.ndarray, b_y: np.ndarray, fingerprint: str, M: int = DEFAULT_M,
               ef_construction: int = DEFAULT_EF_CONSTRUCTION, ef_search: int = DEFAULT_EF_SEARCH,
-              num_threads: int = 1, seed: int = 0, chunk: int = 200_000) -> "HnswIndex":
+              num_threads: int = 1, seed: int = 0, chunk: int = 200_000,
+              space: str = DEFAULT_SPACE) -> HnswIndex:
         """Build the index of W_y (N, H) float32 and b_y (N,) float32 (``num_threads`` build threads;
-        the folded vectors are made chunk by chunk, never as a second (N, H+1) copy)."""
+        the folded vectors are made chunk by chunk, never as a second (N, H+2) copy).
+
+        ``space``: ``"l2"`` (the inner product reduced to a Euclidean distance by one extra coordinate)
+        or ``"ip"`` (hnswlib's inner-product graph on ``[W_y[j], b_y[j], 0]``)."""
         cls._check(W_y, b_y)
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}; got {space!r}")
         hnswlib = _hnswlib()
         N, H = W_y.shape
         t0 = time.perf_counter()
@@ -106,7 +114,9 @@ class HnswIndex:
             norms2[s:e] = np.einsum("nh,nh->n", W_y[s:e], W_y[s:e], dtype=np.float64)
         norms2 += b_y.astype(np.float64) ** 2
         phi2 = float(norms2.max()) if N else 0.0
-        index = hnswlib.Index(space="l2", dim=H + 2)
+        if space == "ip":
+            norms2[:] = phi2  # no extra coordinate: the last one stays 0
+        index = hnswlib.Index(space=space, dim=H + 2)
         index.init_index(max_elements=N, ef_construction=int(ef_construction), M=int(M),
                          random_seed=int(seed))
         for s in range(0, N, chunk):
@@ -117,7 +127,7 @@ class HnswIndex:
             block[:, H + 1] = np.sqrt(np.maximum(phi2 - norms2[s:e], 0.0))
             index.add_items(block, np.arange(s, e), num_threads=int(num_threads))
         meta = {"format": "seqrec_fast.hnsw", "fingerprint": fingerprint, "n_items": N, "dim": H + 2,
-                "space": "l2 (MIPS reduction)", "M": int(M), "ef_construction": int(ef_construction),
+                "space": space, "M": int(M), "ef_construction": int(ef_construction),
                 "build_seconds": time.perf_counter() - t0, "library": "hnswlib"}
         return cls(index, W_y, b_y, fingerprint, meta, ef_search, num_threads)
 
@@ -153,7 +163,7 @@ class HnswIndex:
 
     @classmethod
     def load(cls, path: str, W_y: np.ndarray, b_y: np.ndarray, fingerprint: str,
-             ef_search: int = DEFAULT_EF_SEARCH, num_threads: int = 1) -> "HnswIndex":
+             ef_search: int = DEFAULT_EF_SEARCH, num_threads: int = 1) -> HnswIndex:
         """Load an index saved by :meth:`save`; ValueError if it belongs to another model (fingerprint)
         or does not match W_y's shape, FileNotFoundError if absent."""
         cls._check(W_y, b_y)
@@ -169,7 +179,10 @@ class HnswIndex:
         if meta.get("n_items") != N or meta.get("dim") != H + 2:
             raise ValueError(f"{path}: index of {meta.get('n_items')} x {meta.get('dim')} does not "
                              f"match W_y {N} x {H} (+2: the bias and the norm coordinate)")
-        index = _hnswlib().Index(space="l2", dim=H + 2)
+        space = meta.get("space")
+        if space not in SPACES:
+            raise ValueError(f"{path}: unknown index space {space!r}")
+        index = _hnswlib().Index(space=space, dim=H + 2)
         index.load_index(path, max_elements=N)
         if index.get_current_count() != N:
             raise ValueError(f"{path}: holds {index.get_current_count()} items; expected {N}")
@@ -177,7 +190,7 @@ class HnswIndex:
 
     @classmethod
     def for_model(cls, W_y: np.ndarray, b_y: np.ndarray, fingerprint: str, path: Optional[str] = None,
-                  num_threads: int = 1, **options) -> "HnswIndex":
+                  num_threads: int = 1, **options) -> HnswIndex:
         """Load the index at ``path`` when it belongs to this model, else build it (and save it there
         when ``path`` is given). ``options``: ``M``, ``ef_construction``, ``ef_search``."""
         ef_search = options.get("ef_search", DEFAULT_EF_SEARCH)

@@ -34,7 +34,13 @@ from collections.abc import Hashable
 from typing import Optional
 from urllib.parse import urlparse
 
-from .store import MalformedStateError, SessionState, StoreUnavailableError, decode_state, encode_state
+from .store import (
+    MalformedStateError,
+    SessionState,
+    StoreUnavailableError,
+    decode_state,
+    encode_state,
+)
 
 __all__ = ["RedisSessionStore"]
 

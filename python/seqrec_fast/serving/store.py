@@ -83,7 +83,7 @@ class SessionState:
         r = self.recent
         return n + (r.nbytes if r.dtype.kind in "iu" else sum(len(str(x)) for x in r.tolist()))
 
-    def with_version(self, version: int) -> "SessionState":
+    def with_version(self, version: int) -> SessionState:
         return replace(self, version=int(version))
 
 
