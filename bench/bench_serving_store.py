@@ -319,3 +319,47 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# ---------------------------------------------------------------------------------------------------
+# pytest-benchmark group (pytest bench/ --benchmark-only [--quick]): one event, memory vs Redis store
+# ---------------------------------------------------------------------------------------------------
+def _pytest_cases():
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def store_setup():
+        if shutil.which("redis-server") is None:
+            if os.environ.get("CI"):
+                pytest.fail("redis-server is required in CI")
+            pytest.skip("redis-server not installed")
+        model = build_model(3000, 100)
+        with redis_server() as url:
+            yield model, url
+
+    @pytest.mark.quick
+    @pytest.mark.parametrize("store", ["memory", "redis"])
+    def test_one_event_session_store(benchmark, store_setup, store):
+        from seqrec_fast.serving import Recommender
+
+        model, url = store_setup
+        rec = Recommender(model, store=None if store == "memory" else url)
+        ref = Recommender(model)
+        items = np.random.default_rng(0).integers(1, model.n_items + 1, 64).tolist()
+        for j, it in enumerate(items[:16]):  # validated against the in-memory reference first
+            a, b = rec.recommend(f"v{j % 4}", it, k=K), ref.recommend(f"v{j % 4}", it, k=K)
+            assert np.array_equal(a[0], b[0])
+        benchmark.group = "session store: one event, N=3000"
+        state = {"j": 0}
+
+        def one():
+            state["j"] += 1
+            rec.recommend(f"s{state['j'] % 50}", items[state["j"] % 64], k=K)
+
+        benchmark(one)
+
+    return store_setup, test_one_event_session_store
+
+
+if "pytest" in sys.modules:
+    store_setup, test_one_event_session_store = _pytest_cases()

@@ -40,8 +40,11 @@ def test_index_matches_exact_and_scores_are_exact():
     W = rng.standard_normal((N, H)).astype(np.float32) * 0.2
     b = (rng.standard_normal(N) * 2).astype(np.float32)  # the bias decides much of the ranking
     Q = rng.standard_normal((50, H)).astype(np.float32)
-    ix = HnswIndex.build(W, b, "fp", M=16, ef_construction=200, ef_search=200)
+    # the bias-dominated case is where the L2 reduction is exact-ish and the ip graph is not
+    ix = HnswIndex.build(W, b, "fp", M=16, ef_construction=200, ef_search=200, space="l2")
     exact, _exact_sc = _core.topk(Q, W, b, k, None, None, 1)
+    ip = HnswIndex.build(W, b, "fp", M=16, ef_construction=200, ef_search=200, space="ip")
+    assert _overlap(ip.search(Q, k)[0], exact) >= 0.8
     got, sc = ix.search(Q, k)
     assert got.dtype == np.int32 and sc.dtype == np.float32 and got.shape == (50, k)
     assert _overlap(got, exact) >= 0.95
@@ -83,6 +86,8 @@ def test_save_load_keyed_by_fingerprint(tmp_path):
         HnswIndex.load(str(tmp_path / "none.hnsw"), W, b, "fp-a")
     with pytest.raises(ValueError, match="float32"):
         HnswIndex.build(W.astype(np.float64), b, "x")
+    with pytest.raises(ValueError, match="space"):
+        HnswIndex.build(W, b, "x", space="cos")
     # another model at the same path: rebuilt and overwritten
     HnswIndex.for_model(W * 2, b, "fp-b", path=path)
     assert HnswIndex.read_meta(path)["fingerprint"] == "fp-b"
