@@ -617,7 +617,7 @@ class Recommender:
                              f"at most max_sessions={max_sessions}")
         results: list[Optional[Result]] = [None] * n
         todo = list(dict.fromkeys(session_ids))
-        for attempt in range(MAX_CAS_RETRIES):
+        for _attempt in range(MAX_CAS_RETRIES):
             loaded = {sid: self._load_session(eng, sid) for sid in todo}
             states = {sid: st for sid, (st, _v) in loaded.items()}
             mine = set(todo)
