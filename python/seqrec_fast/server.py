@@ -476,7 +476,7 @@ def create_app(
     async def get_vector(request: Request):
         sid = session_id_of(request)
         try:
-            vec = rec.session_vector(sid)
+            vec = await run(rec.session_vector, sid)  # may read Redis: off the event loop
         except UnknownSessionError as e:
             return _error(404, str(e))
         return JSONResponse({"session_id": sid, "vector": [float(v) for v in vec.tolist()]})
