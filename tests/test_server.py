@@ -128,13 +128,18 @@ def test_events_and_recommend_equal_in_process(server, model):
     st, out = server.request("POST", "/v1/recommend", {"items": session, "k": 5})
     assert st == 200
     exp_ids, exp_sc = rec.predict_next(session, k=5)
-    assert out["items"] == exp_ids.tolist() and set(out) == {"items", "scores"}
+    assert out["items"] == exp_ids.tolist() and set(out) == {"items", "scores", "unknown"}
+    assert out["unknown"] == []
     np.testing.assert_allclose(out["scores"], exp_sc, rtol=1e-6)
     st, out = server.request("POST", "/v1/recommend", {"items": session, "exclude_seen": True})
     assert st == 200 and len(out["items"]) == 20 and not set(out["items"]) & set(session)
     # default k is 20; unknown items are skipped (default policy)
     st, out = server.request("POST", "/v1/sessions/u-2/events", {"item_id": "no-such-item"})
     assert st == 200 and len(out["items"]) == 20
+    assert out["unknown"] == ["no-such-item"]  # named, not dropped without a word
+    st, out2 = server.request("POST", "/v1/recommend", {"items": [ids[3], "zz", 10**9], "k": 5})
+    assert st == 200 and out2["unknown"] == ["zz", 10**9]
+    assert out2["items"] == rec.predict_next([ids[3]], k=5)[0].tolist()
     exp_ids, _ = rec.recommend("u-2", "no-such-item", k=20)
     assert out["items"] == exp_ids.tolist()
 

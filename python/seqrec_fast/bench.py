@@ -59,7 +59,7 @@ SERVING_SIZES_QUICK = (3_000, 40_000)
 SERVING_SIZES_FULL = (3_000, 40_000, 100_000, 1_000_000)
 
 
-SUITES = ("kernels", "train", "evaluation", "serving", "ranking")
+SUITES = ("kernels", "train", "evaluation", "serving", "ranking", "scale")
 
 FOREIGN_LOAD_FLAG = 0.25
 NOISY_SPREAD = 1.5
@@ -427,6 +427,42 @@ def run_serving(bench_dir: Path, quick: bool, torch_side: bool, threads=(1, 2)) 
     return out
 
 
+def run_scale(bench_dir: Path, quick: bool, threads=(1, 2)) -> list[dict]:
+    """Serving past one process (bench_serving_store.py): one event in-process on the in-memory store
+    against a Redis store (a real redis-server on 127.0.0.1, started and stopped here), and the exact
+    fused kernel against bare NumPy ``W_y @ h`` at N=40k. Skipped with a message when redis-server or
+    redis-py is missing. The HTTP and index parts are long: run bench/bench_serving_store.py and
+    bench/bench_index.py directly."""
+    bss = _import_bench(bench_dir, "bench_serving_store")
+    N = 3_000 if quick else 40_000
+    model = bss.build_model(N, 100)
+    out = []
+    try:
+        ctx = bss.redis_server()
+        url = ctx.__enter__()
+    except (RuntimeError, ImportError) as e:
+        print(f"  scale: Redis part skipped ({e})", file=sys.stderr)
+        ctx = None
+    if ctx is not None:
+        try:
+            rows = bss.bench_stores(model, url, 300 if quick else 1500)
+        finally:
+            ctx.__exit__(None, None, None)
+        for r in rows:
+            out.append(_rec("scale", "one event, session store", f"recommend, {r['store']} store",
+                            "other", 1, {"N": N, "H": 100, "k": bss.K}, median=r["p50_us"],
+                            p10=float("nan"), p90=r["p90_us"], unit="us", repeats=r["n"],
+                            p99=r["p99_us"], pinned={"openmp": 1}))
+    for r in bss.bench_kernel_vs_numpy(model, threads, repeats=150 if quick else 600):
+        role = "numpy" if r["side"].startswith("numpy W_y @ h (p") else (
+            "cpp" if r["side"].startswith("fused topk") else "other")
+        out.append(_rec("scale", "one query vs bare W_y @ h", r["side"], role, r["threads"],
+                        {"N": N, "H": 100, "k": bss.K}, median=r["p50_us"], p10=float("nan"),
+                        p90=r["p90_us"], unit="us", repeats=r["n"], p99=r["p99_us"],
+                        pinned={"blas" if role == "numpy" else "openmp": r["threads"]}))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # ranking a candidate list
 # ---------------------------------------------------------------------------------------------------
@@ -585,7 +621,8 @@ def render_markdown(records: Sequence[dict], env: Optional[dict] = None,
               "train": "Training (steps per second)",
               "evaluation": "Full-ranking evaluation (evaluate() end to end, all items ranked)",
               "serving": "Serving",
-              "ranking": "Ranking a candidate list (H = 100, N = 40k, 1 thread)"}
+              "ranking": "Ranking a candidate list (H = 100, N = 40k, 1 thread)",
+              "scale": "Serving past one process (session store, fused kernel vs bare product)"}
     for suite in SUITES:
         rows = [r for r in records if r["suite"] == suite]
         if not rows:
@@ -800,6 +837,9 @@ def run(args: argparse.Namespace) -> int:
     if "ranking" in args.suites:
         print("ranking ...", file=sys.stderr)
         records += run_ranking(bench_dir, args.quick, torch_side)
+    if "scale" in args.suites:
+        print("serving past one process ...", file=sys.stderr)
+        records += run_scale(bench_dir, args.quick, threads)
     wall = time.perf_counter() - t0
     env["wall_s"] = round(wall, 1)
     env["loadavg_end"] = _loadavg()

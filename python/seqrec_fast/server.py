@@ -6,9 +6,13 @@ this module. Start it with ``seqrec serve MODEL`` or build the ASGI app with :fu
 Endpoints (JSON in and out; errors are ``{"error": "..."}`` with a 4xx status):
 
 - ``POST /v1/sessions/{session_id}/events`` ``{"item_id": ..., "k": 20}`` →
-  ``{"session_id": ..., "items": [...], "scores": [...]}``: advance the session, return its top k.
+  ``{"session_id": ..., "items": [...], "scores": [...], "unknown": [...]}``: advance the session,
+  return its top k. ``unknown`` names the event's item when the model does not know it (the session
+  is then not advanced), else it is empty.
 - ``POST /v1/recommend`` ``{"items": [...], "k": 20, "exclude_seen": null}`` →
-  ``{"items": [...], "scores": [...]}``: stateless, on a whole prefix.
+  ``{"items": [...], "scores": [...], "unknown": [...]}``: stateless, on a whole prefix (never touches
+  the session store, so it keeps working while the store is down); ``unknown`` lists the prefix items
+  the model does not know (they were skipped).
 - ``DELETE /v1/sessions/{session_id}`` → ``{"session_id": ..., "deleted": true|false}``
 - ``GET /v1/sessions/{session_id}/vector`` → ``{"session_id": ..., "vector": [...]}``: the session's
   last-layer state (404 when the session is not live).
@@ -17,23 +21,35 @@ Endpoints (JSON in and out; errors are ``{"error": "..."}`` with a 4xx status):
   (plus ``session_id``): the known distinct candidates ordered by score, the unknown ones listed.
   With ``item_id`` the session advances first (as an event); without, it is only read. More than the
   Recommender's ``max_candidates`` candidates get 413.
-- ``GET /healthz`` → ``{"status": "ok", ...}``
+- ``GET /healthz`` → ``{"status": "ok" | "degraded", "store": {...}, ...}`` (always 200: "degraded"
+  means the session store does not answer, while stateless ``/v1/recommend`` still works)
+- ``POST /v1/admin/reload`` (header ``Authorization: Bearer $SEQREC_ADMIN_TOKEN``) → re-read the
+  model file and swap it in atomically; ``{"fingerprint": ..., "previous": ..., "n_items": ...}``.
+  403 when ``$SEQREC_ADMIN_TOKEN`` is not set, 401 for a wrong token, 422 (old model kept) when the
+  file cannot be loaded. SIGHUP to a worker process does the same reload.
 - ``GET /metrics``: Prometheus text exposition (request counts by endpoint, method and status; a
   latency histogram by endpoint; live sessions; store evictions / expirations / bytes).
 
 Status codes: 400 malformed JSON, a body that is not an object, a wrong type, a too long session id;
 413 a body over ``max_body_bytes``; 422 ``k`` outside [1, min(n_items, max_k)], an empty or too long
-prefix, or an unknown item under ``unknown_item='raise'``; 404 / 405 unknown path or method; 500
+prefix, or an unknown item under ``unknown_item='raise'``; 404 / 405 unknown path or method; 503
+(JSON, ``Retry-After: 1``) on the session endpoints while the session store is unreachable; 500
 (JSON, logged) for a bug, which never takes the worker down.
 
 Threads: each kernel call runs in one process-wide thread pool (``loop.run_in_executor``) so the
 event loop is never blocked; the pool has ``max_concurrency`` threads (default: available cores //
 kernel threads), so a process keeps one pool of busy threads and excess requests queue.
 
-Sessions live in the process that served them. With ``--workers N > 1`` the OS spreads connections
-over N processes, each with its own store: the events of one session must then reach the same
-worker (one keep-alive connection per session stream, or a sticky load balancer), otherwise the
-session's state is split.
+Sessions live in the Recommender's store. With the default in-memory store they live in the process
+that served them, and with ``--workers N > 1`` each worker has its own: a session's events must then
+reach the same worker. With ``--store redis://host:port/db`` every worker and every replica shares
+every session (DESIGN.md §8), and a worker restart or a model reload loses none.
+
+Model reload: ``POST /v1/admin/reload`` or SIGHUP re-reads the model file (replace it atomically, e.g.
+as ``seqrec train --out`` writes) in a background thread, then swaps it in with one assignment: requests
+in flight finish on the old model, later ones use the new one, none fails. With several workers, the
+worker that got the request reloads and signals its sibling workers (SIGHUP), each of which reloads in
+place. (SIGHUP to the parent process is uvicorn's: a rolling restart of the workers.)
 """
 
 from __future__ import annotations
@@ -41,10 +57,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import hmac
 import json
 import logging
 import os
 import re
+import signal
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +76,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .serving import Recommender, UnknownItemError, UnknownSessionError
+from .serving import (
+    Recommender,
+    StoreConflictError,
+    StoreUnavailableError,
+    UnknownItemError,
+    UnknownSessionError,
+)
 from .threads import default_num_threads
 
 __all__ = ["Metrics", "app_from_env", "create_app", "serve"]
@@ -69,6 +94,7 @@ DEFAULT_MAX_K = 1000
 DEFAULT_MAX_PREFIX = 1000
 MAX_ID_CHARS = 256
 ENV_CONFIG = "SEQREC_SERVE_CONFIG"
+ENV_ADMIN_TOKEN = "SEQREC_ADMIN_TOKEN"
 
 _ROUTES = (
     (re.compile(r"^/v1/sessions/[^/]+/events$"), "/v1/sessions/{session_id}/events"),
@@ -77,6 +103,7 @@ _ROUTES = (
     (re.compile(r"^/v1/sessions/[^/]+/vector$"), "/v1/sessions/{session_id}/vector"),
     (re.compile(r"^/v1/rank$"), "/v1/rank"),
     (re.compile(r"^/healthz$"), "/healthz"),
+    (re.compile(r"^/v1/admin/reload$"), "/v1/admin/reload"),
     (re.compile(r"^/metrics$"), "/metrics"),
 )
 
@@ -150,6 +177,13 @@ class Metrics:
             ("seqrec_session_expirations_total", "counter", "Sessions expired by the TTL.",
              stats["expirations"]),
             ("seqrec_items", "gauge", "Items in the model's catalogue.", stats["n_items"]),
+            ("seqrec_store_available", "gauge", "1 when the session store answers, else 0.",
+             int(stats.get("available", True))),
+            ("seqrec_model_reloads_total", "counter", "Model reloads of this process.",
+             stats.get("reloads", 0)),
+            ("seqrec_sessions_rebuilt_total", "counter",
+             "Sessions of another model replayed through the current one.",
+             stats.get("rebuilt_sessions", 0)),
         )
         for name, kind, help_, value in gauges:
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
@@ -272,6 +306,8 @@ def create_app(
     max_prefix: int = DEFAULT_MAX_PREFIX,
     max_concurrency: Optional[int] = None,
     max_candidates: int | None = None,
+    model_path: Optional[str] = None,
+    peers_dir: Optional[str] = None,
 ) -> Starlette:
     """The ASGI application serving ``recommender``.
 
@@ -289,6 +325,11 @@ def create_app(
     max_candidates : int, optional
         Most candidates of one ``/v1/rank`` request (413 beyond); sets the Recommender's
         ``max_candidates`` (default: keep its value, 10,000).
+    model_path : str, optional
+        The model file that ``POST /v1/admin/reload`` and SIGHUP re-read (default: no reload).
+    peers_dir : str, optional
+        A folder where the worker processes of one server register their pids, so that a reload
+        request reaching one worker is passed on to the others (set by :func:`serve`).
     """
     rec = recommender
     if max_candidates is not None:
@@ -307,11 +348,71 @@ def create_app(
     async def run(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
+    reload_lock = asyncio.Lock()
+
+    def load_and_swap() -> dict:
+        from .model import SessionRNN
+
+        previous = rec.fingerprint
+        fp = rec.reload(SessionRNN.load(model_path))
+        return {"fingerprint": fp, "previous": previous, "n_items": rec.n_items}
+
+    async def reload_model(source: str) -> dict:
+        """Load the model file in a helper thread (the kernel pool keeps serving), then swap."""
+        if model_path is None:
+            raise RuntimeError("this app was created without a model_path; nothing to reload")
+        async with reload_lock:
+            out = await asyncio.get_running_loop().run_in_executor(None, load_and_swap)
+        log.info("model reloaded (%s): %s", source, out)
+        return out
+
+    def on_sighup():
+        async def go():
+            try:
+                await reload_model("SIGHUP")
+            except Exception:
+                log.exception("reload on SIGHUP failed; still serving %s", rec.fingerprint)
+
+        asyncio.ensure_future(go())
+
+    def peers() -> list[int]:
+        """Pids of the other live workers of this server (registered in peers_dir)."""
+        if not peers_dir:
+            return []
+        out = []
+        for name in os.listdir(peers_dir):
+            if not name.isdigit() or int(name) == os.getpid():
+                continue
+            pid = int(name)
+            try:  # alive and still a child of our parent (not a reused pid)
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == os.getppid():
+                out.append(pid)
+        return out
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        loop = asyncio.get_running_loop()
+        hup = False
+        if model_path is not None and threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+                loop.add_signal_handler(signal.SIGHUP, on_sighup)
+                hup = True
+        me = os.path.join(peers_dir, str(os.getpid())) if peers_dir else None
+        if me:
+            with contextlib.suppress(OSError):
+                open(me, "w").close()
         try:
             yield
         finally:
+            if hup:
+                loop.remove_signal_handler(signal.SIGHUP)
+            if me:
+                with contextlib.suppress(OSError):
+                    os.remove(me)
             pool.shutdown(wait=False)
 
     def session_id_of(request: Request) -> str:
@@ -328,6 +429,9 @@ def create_app(
                 return _error(e.status, e.message)
             except UnknownItemError as e:
                 return _error(422, str(e))
+            except (StoreUnavailableError, StoreConflictError) as e:
+                log.warning("%s %s: %s", request.method, request.url.path, e)
+                return JSONResponse({"error": str(e)}, status_code=503, headers={"Retry-After": "1"})
 
         wrapped.__name__ = fn.__name__
         return wrapped
@@ -341,9 +445,10 @@ def create_app(
             raise _BadRequest(400, "missing field 'item_id'")
         item = _check_item(body["item_id"], "item_id")
         k = _check_k(body, k_max)
+        unknown = [item] if rec.index_of(item) < 0 else []
         ids, scores = await run(rec.recommend, sid, item, k)
         items, sc = _payload(ids, scores)
-        return JSONResponse({"session_id": sid, "items": items, "scores": sc})
+        return JSONResponse({"session_id": sid, "items": items, "scores": sc, "unknown": unknown})
 
     @handler
     async def post_recommend(request: Request):
@@ -362,15 +467,16 @@ def create_app(
         ex = body.get("exclude_seen")
         if ex is not None and not isinstance(ex, bool):
             raise _BadRequest(400, "exclude_seen must be true, false or null")
+        unknown = rec.unknown_items(items)
         ids, scores = await run(rec.predict_next, items, k, ex)
         out_items, sc = _payload(ids, scores)
-        return JSONResponse({"items": out_items, "scores": sc})
+        return JSONResponse({"items": out_items, "scores": sc, "unknown": unknown})
 
     @handler
     async def get_vector(request: Request):
         sid = session_id_of(request)
         try:
-            vec = rec.session_vector(sid)
+            vec = await run(rec.session_vector, sid)  # may read Redis: off the event loop
         except UnknownSessionError as e:
             return _error(404, str(e))
         return JSONResponse({"session_id": sid, "vector": [float(v) for v in vec.tolist()]})
@@ -422,15 +528,48 @@ def create_app(
     @handler
     async def delete_session(request: Request):
         sid = session_id_of(request)
-        return JSONResponse({"session_id": sid, "deleted": rec.reset(sid)})
+        return JSONResponse({"session_id": sid, "deleted": await run(rec.reset, sid)})
 
     async def healthz(request: Request):
-        return JSONResponse({"status": "ok", "n_items": rec.n_items, "sessions": len(rec.store),
-                             "precision": rec.precision, "kernel": rec.kernel})
+        st = await run(rec.stats)
+        ok = st.get("available", True) and await run(rec.store.ping)
+        return JSONResponse({"status": "ok" if ok else "degraded", "n_items": rec.n_items,
+                             "sessions": st["sessions"], "precision": rec.precision,
+                             "kernel": rec.kernel, "index": st["index"],
+                             "fingerprint": rec.fingerprint,
+                             "store": {"kind": st.get("store", type(rec.store).__name__),
+                                       "available": bool(ok)}})
 
     async def metrics_endpoint(request: Request):
-        return Response(metrics.render(rec.stats()),
+        return Response(metrics.render(await run(rec.stats)),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @handler
+    async def admin_reload(request: Request):
+        token = os.environ.get(ENV_ADMIN_TOKEN)
+        if not token:
+            raise _BadRequest(403, f"model reload is disabled: set ${ENV_ADMIN_TOKEN} in the server's "
+                                   "environment and send it as 'Authorization: Bearer <token>'")
+        auth = request.headers.get("authorization", "")
+        given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get(
+            "x-admin-token", "")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return JSONResponse({"error": "missing or wrong admin token"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        if model_path is None:
+            raise _BadRequest(409, "this server has no model file to reload")
+        try:
+            out = await reload_model("POST /v1/admin/reload")
+        except Exception as e:  # a bad file: keep serving the old model
+            log.exception("reload of %s failed", model_path)
+            raise _BadRequest(422, f"reload of {model_path} failed, still serving "
+                                   f"{rec.fingerprint}: {type(e).__name__}: {e}") from None
+        signalled = []
+        for pid in peers():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGHUP)
+                signalled.append(pid)
+        return JSONResponse({**out, "workers_signalled": len(signalled)})
 
     async def http_error(request: Request, exc: HTTPException):
         msg = {404: f"no such endpoint: {request.url.path}",
@@ -447,6 +586,7 @@ def create_app(
         Route("/v1/recommend", post_recommend, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/v1/admin/reload", admin_reload, methods=["POST"]),
     ]
     app = Starlette(routes=routes, middleware=[Middleware(_Instrument, metrics=metrics)],
                     exception_handlers={HTTPException: http_error}, lifespan=lifespan)
@@ -459,7 +599,7 @@ def create_app(
 # process entry points
 # ---------------------------------------------------------------------------------------------------
 _RECOMMENDER_KEYS = ("max_sessions", "ttl_seconds", "exclude_seen", "unknown_item", "precision",
-                     "num_threads")
+                     "num_threads", "store", "index", "index_path")
 _APP_KEYS = ("max_body_bytes", "max_k", "max_prefix", "max_concurrency", "max_candidates")
 
 
@@ -468,7 +608,8 @@ def _app_from_config(config: dict) -> Starlette:
 
     model = SessionRNN.load(config["model"])
     rec = Recommender(model, **{k: config[k] for k in _RECOMMENDER_KEYS if k in config})
-    return create_app(rec, **{k: config[k] for k in _APP_KEYS if config.get(k) is not None})
+    return create_app(rec, model_path=config["model"], peers_dir=config.get("peers_dir"),
+                      **{k: config[k] for k in _APP_KEYS if config.get(k) is not None})
 
 
 def app_from_env() -> Starlette:
@@ -484,8 +625,10 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 
     """Load ``model`` and serve it with uvicorn until interrupted.
 
     ``options``: the Recommender's ``max_sessions``, ``ttl_seconds``, ``exclude_seen``,
-    ``unknown_item``, ``precision``, ``num_threads`` and :func:`create_app`'s ``max_body_bytes``,
-    ``max_k``, ``max_prefix``, ``max_concurrency``, ``max_candidates``. Each worker process loads the model itself.
+    ``unknown_item``, ``precision``, ``num_threads``, ``store``, ``index``, ``index_path`` and
+    :func:`create_app`'s ``max_body_bytes``, ``max_k``, ``max_prefix``, ``max_concurrency``, ``max_candidates``. Each
+    worker process loads the model itself (and the HNSW index from ``index_path``, default
+    ``MODEL.hnsw``, built once here before the workers start).
     """
     import uvicorn
 
@@ -493,10 +636,17 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 
     if unknown:
         raise TypeError(f"unknown option(s) {sorted(unknown)}")
     config = {"model": os.path.abspath(os.fspath(model)), **options}
+    if config.get("index") == "hnsw" and not config.get("index_path"):
+        config["index_path"] = config["model"] + ".hnsw"
     common = dict(host=host, port=port, log_level=log_level, access_log=access_log)
     if workers > 1:
+        if config.get("store") in (None, "memory"):
+            log.warning("--workers %d with the in-memory store: each worker keeps its own sessions; "
+                        "use --store redis://host:port/db to share them", workers)
         _app_from_config(config)  # fail here, once, with a clear error, before forking workers
-        os.environ[ENV_CONFIG] = json.dumps(config)
-        uvicorn.run("seqrec_fast.server:app_from_env", factory=True, workers=workers, **common)
+        with tempfile.TemporaryDirectory(prefix="seqrec-workers-") as peers_dir:
+            config["peers_dir"] = peers_dir
+            os.environ[ENV_CONFIG] = json.dumps(config)
+            uvicorn.run("seqrec_fast.server:app_from_env", factory=True, workers=workers, **common)
     else:
         uvicorn.run(_app_from_config(config), **common)

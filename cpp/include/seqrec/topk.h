@@ -264,6 +264,9 @@ inline void load16(const char* p, P* wv) {
   }
 }
 
+// Software prefetch distance of the single-query scan, per stream (8 cache lines).
+constexpr std::size_t PREFETCH_BYTES = 512;
+
 // Scores of MQ queries for the MB·16 items of packed blocks [b, b + MB): out[q * MB·16 + l].
 // MQ·MB·NP independent accumulators hide the FMA latency; each item's sum still runs over d in
 // order, so a score does not depend on MQ or MB.
@@ -283,6 +286,16 @@ inline void score_block(const ItemTable& t, Index b, const float* const* h, floa
       for (Index v = 0; v < NP; ++v) acc[q][m][v] = Eigen::internal::pset1<P>(0.f);
   for (Index d = 0; d < D; ++d) {
     P wv[MB][NP];
+#if defined(__GNUC__)
+    if constexpr (MQ == 1) {
+      // One query streams MB interleaved block streams from L3 / memory with nothing to reuse: ask
+      // for each stream's line PREFETCH_BYTES ahead. Hardware prefetchers stop at 4 KB pages and a
+      // block is D·64 bytes (6.4 KB at D = 100), so each stream restarts their ramp once a block.
+      const std::size_t off = std::size_t(d) * PACK * esz;
+      if (off % 64 == 0)
+        for (int m = 0; m < MB; ++m) __builtin_prefetch(base + m * bstride + off + PREFETCH_BYTES, 0, 3);
+    }
+#endif
     for (int m = 0; m < MB; ++m) load16<KT, P, NP>(base + m * bstride + std::size_t(d) * PACK * esz, wv[m]);
     for (int q = 0; q < MQ; ++q) {
       const P hv = Eigen::internal::pset1<P>(h[q][d]);

@@ -23,9 +23,29 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
         "--workers",
         type=_positive_int,
         default=1,
-        help="worker processes, each loading the model (default: 1). Sessions live in the worker "
-        "that served them: with more than one, a session's events must reach the same worker "
-        "(keep-alive connection or sticky balancing)",
+        help="worker processes, each loading the model (default: 1). With the in-memory store "
+        "sessions live in the worker that served them; with --store redis://... every worker "
+        "shares them",
+    )
+    p.add_argument(
+        "--store",
+        default="memory",
+        metavar="URL",
+        help="session store: 'memory' (default; LRU + TTL in each worker) or redis://host:port/db "
+        "(shared by every worker and replica; needs the 'redis' extra)",
+    )
+    p.add_argument(
+        "--index",
+        choices=["exact", "hnsw"],
+        default="exact",
+        help="top-k search: the exact fused kernel (default) or an approximate HNSW index for "
+        "catalogues of millions (needs the 'index' extra; built once, saved beside the model)",
+    )
+    p.add_argument(
+        "--index-path",
+        default=None,
+        help="file of the HNSW index (default: MODEL.hnsw); loaded when it belongs to MODEL, "
+        "else built and saved there",
     )
     p.add_argument(
         "--threads",
@@ -37,7 +57,8 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
         "--max-sessions",
         type=_positive_int,
         default=100_000,
-        help="session-state store bound per worker, LRU eviction (default: 100000)",
+        help="in-memory store bound per worker, LRU eviction (default: 100000; a Redis store is "
+        "bounded by Redis maxmemory instead)",
     )
     p.add_argument(
         "--ttl", type=_positive_float, default=1800.0, help="session idle expiry in seconds (default: 1800)"
@@ -71,6 +92,8 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     _check_in_path(args.model, "model file")
+    if args.store != "memory" and not args.store.startswith(("redis://", "rediss://", "unix://")):
+        raise CLIError(f"--store must be 'memory' or a redis://host:port/db URL; got {args.store!r}")
     if not 0 <= args.port <= 65535:
         raise CLIError(f"--port must be in [0, 65535]; got {args.port}")
     try:
@@ -94,5 +117,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_k=args.max_k,
         max_body_bytes=args.max_body,
         max_candidates=args.max_candidates,
+        store=args.store,
+        index=args.index,
+        index_path=args.index_path,
     )
     return 0

@@ -1,31 +1,34 @@
-"""Low-latency serving: a bounded session-state store and the :class:`Recommender` (DESIGN.md §3.5).
+"""Low-latency serving: the :class:`Recommender` over a session store (DESIGN.md §3.5, §8).
 
 "A user clicked item X in session S; return the next K items now": :meth:`Recommender.recommend`
-advances S's hidden state by one step and returns the top K in one kernel call (``step_topk``, which
-releases the GIL). The state of each live session is kept in a :class:`SessionStore`, bounded by an
-LRU limit and a TTL.
+reads S's state from the store, advances it by one step and returns the top K in one kernel call
+(``step_topk``, GIL released), then commits the new state with a compare-and-set on the session's
+version. The store is in this process (:class:`~seqrec_fast.serving.store.MemorySessionStore`, LRU +
+TTL, the default) or shared (``redis://host:port/db``); the Recommender never assumes the state is
+local.
 
-What is deliberately not here: the HTTP layer (``server.py``), and any popularity prior; the only
-"no information" answer is the scores of the zero hidden state.
+What is deliberately not here: the HTTP layer (``server.py``), the stores (``store.py``,
+``redis_store.py``), the approximate index (``index.py``), and any popularity prior; the only "no
+information" answer is the scores of the zero hidden state.
 
 Concurrency model
 -----------------
-- One store lock guards the session table (lookup, insert, LRU order, eviction, expiry). It is held
-  for dictionary operations only, never during a kernel call.
-- Each session entry has its own lock, held while that session's state is read or advanced. Events of
-  one session are therefore applied one at a time (none is lost), while different sessions run in
-  parallel. A batch takes the locks of its sessions in a fixed global order (creation serial), so two
-  batches cannot deadlock.
-- An entry evicted, expired or reset while an event is in flight on it is simply dropped afterwards:
-  that event is answered from the state it started from (it is ordered before the removal).
+- Everything derived from the model (weights, packed tables, item map, fingerprint, index) is one
+  immutable ``_Engine``; a request takes ``self._engine`` once and uses it throughout, so
+  :meth:`Recommender.reload` swaps the model atomically under live traffic.
+- Events of one session are optimistic: read (state, version), compute, ``compare_and_set``. When two
+  events of one session race, the first write to commit wins the slot and the other one is recomputed
+  on top of it, so both are applied, in commit order (none is lost). Different sessions never wait for
+  each other.
+- A state stamped with another model's fingerprint is rebuilt by replaying its recent items through
+  the current model (:meth:`Recommender._load_session`), then the event is applied to it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Any, Callable, Optional
 
@@ -33,20 +36,25 @@ import numpy as np
 
 from .. import _core, reference
 from ..ranking import DEFAULT_MAX_CANDIDATES, Ranking, check_candidates, split_candidates
+from .store import MalformedStateError, SessionState, SessionStore, open_store
 
 __all__ = [
     "MAX_SEEN",
     "PRECISIONS",
     "UNKNOWN_ITEM_POLICIES",
     "Recommender",
-    "SessionStore",
     "UnknownItemError",
     "UnknownSessionError",
+    "model_fingerprint",
 ]
+
+log = logging.getLogger("seqrec_fast.serving")
 
 PRECISIONS = ("float32", "bfloat16", "int8")
 UNKNOWN_ITEM_POLICIES = ("skip", "raise")
-MAX_SEEN = 512  # distinct items remembered per session for exclude_seen (most recent kept)
+INDEXES = (None, "exact", "hnsw")
+MAX_SEEN = 512  # events remembered per session (exclude_seen and replay after a model reload)
+MAX_CAS_RETRIES = 1000
 
 _INT_TEXT = re.compile(r"\s*[+-]?\d+\s*\Z")
 
@@ -84,156 +92,183 @@ class UnknownItemError(KeyError, ValueError):
         return self.message
 
 
+class StoreConflictError(RuntimeError):
+    """A session's compare-and-set kept failing (``MAX_CAS_RETRIES`` concurrent writers in a row)."""
+
+
+def model_fingerprint(model) -> str:
+    """``"sha256:<hex>"`` of a fitted SessionRNN: the ``checksum`` its model file's header holds
+    (the same hash over the same arrays, see :mod:`seqrec_fast.io`), for saved or unsaved models."""
+    from ..io import _checksum
+
+    arrays = dict(zip(model.param_names_, model.params_))
+    ids = np.asarray(model.item_ids_)
+    arrays["item_ids"] = ids.astype(str) if ids.dtype == object else ids
+    return _checksum(arrays)
+
+
 # ---------------------------------------------------------------------------------------------------
-# session-state store
+# the model side: immutable, swapped as a whole on reload
 # ---------------------------------------------------------------------------------------------------
-class _Session:
-    """State of one live session: per-layer h (and c) as (1, H_l) float32, the seen items, LRU time."""
+class _Engine:
+    """Everything the Recommender derives from one model: float32 weights, the packed scoring table,
+    the item map, the fingerprint and the optional approximate index."""
 
-    __slots__ = ("c", "h", "last", "lock", "n_events", "seen", "serial")
+    def __init__(self, model, precision: str, num_threads: int, index: Optional[str],
+                 index_path: Optional[str], index_options: dict):
+        f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
+        names = list(model.param_names_)
+        params = model.params_
+        self.model = model
+        self.precision = precision
+        self.num_threads = num_threads
+        self.cell = model.cell
+        self.embedding = model.embedding
+        self.layers = [int(h) for h in model.layers_]
+        L = len(self.layers)
+        self.weights = [tuple(f32(a) for a in params[3 * l: 3 * l + 3]) for l in range(L)]
+        self.W_y = f32(params[names.index("W_y")])
+        self.b_y = f32(params[names.index("b_y")])
+        self.E_in = f32(params[names.index("E_in")]) if "E_in" in names else None
+        self.n_items = int(self.W_y.shape[0])
+        if self.embedding == "onehot":
+            # a one-hot input times W_x is a row of W_x: feed that row through an identity W_x
+            W_x0, W_h0, b0 = self.weights[0]
+            self.seq_weights = [(np.eye(W_x0.shape[1], dtype=np.float32), W_h0, b0)] + self.weights[1:]
+            self.input_table = W_x0
+        else:
+            self.seq_weights = self.weights
+            self.input_table = self.W_y if self.embedding == "constrained" else self.E_in
+        self.table, self.scales = self.reduced(precision)
+        self.step_topk, self.topk = _kernels()
 
-    def __init__(self, h: list, c: Optional[list], serial: int, now: float):
-        self.h = h
-        self.c = c
-        self.seen: dict[int, None] = {}  # insertion-ordered set of internal indices
-        self.last = now
-        self.lock = threading.Lock()
-        self.serial = serial
-        self.n_events = 0
+        ids = np.asarray(model.item_ids_)
+        self.ids = ids
+        self.int_ids = ids.dtype.kind in "iu"
+        keys = ids.tolist() if self.int_ids else [str(x) for x in ids.tolist()]
+        self.index = dict(zip(keys, range(len(keys))))
+        if len(self.index) != len(keys):
+            raise ValueError("the model's item ids are not unique")
+        if self.int_ids:
+            self.sorted_order = np.argsort(ids, kind="stable").astype(np.int32)
+            self.sorted_ids = ids[self.sorted_order].astype(np.int64)
+        self.fingerprint = model_fingerprint(model)
 
-    def exclude_with(self, idx: Optional[int]) -> np.ndarray:
-        """The seen items plus ``idx`` (if given) as int32 (m,)."""
-        out = np.fromiter(self.seen, dtype=np.int32, count=len(self.seen))
-        if idx is not None and idx not in self.seen:
-            out = np.append(out, np.int32(idx))
-        return out
+        self.ann = None
+        if index == "hnsw":
+            from .index import HnswIndex
 
-    def add_seen(self, idx: int, max_seen: int) -> None:
-        self.seen.pop(idx, None)
-        self.seen[idx] = None
-        if len(self.seen) > max_seen:
-            del self.seen[next(iter(self.seen))]
+            self.ann = HnswIndex.for_model(self.W_y, self.b_y, self.fingerprint, path=index_path,
+                                           num_threads=num_threads, **index_options)
 
+    def reduced(self, precision: str):
+        """The scoring table in the packed serving layout (``_core.pack_table``): a float32 copy, or
+        a bfloat16 / int8 one with its scales. Made once; W_y itself stays float32 for the input."""
+        if precision == "float32":
+            return _core.pack_table(self.W_y), None
+        q, scales = reference.quantize_table(self.W_y, precision)
+        return _core.pack_table(q), scales
 
-class SessionStore:
-    """Thread-safe map ``session_id -> state`` bounded by an LRU limit and a TTL.
+    def zero_state(self, n: int = 1) -> tuple[list, Optional[list]]:
+        h = [np.zeros((n, H), np.float32) for H in self.layers]
+        c = [np.zeros((n, H), np.float32) for H in self.layers] if self.cell == "lstm" else None
+        return h, c
 
-    Parameters
-    ----------
-    new_state : callable
-        ``() -> (h, c)``: fresh zero state of a new session (lists of (1, H_l) float32 arrays; c None
-        unless LSTM).
-    max_sessions : int
-        At most this many sessions are kept; inserting one more evicts the least recently used.
-    ttl_seconds : float
-        A session not touched for this long is expired: lazily when it is next looked up, and by a
-        sweep that runs at every store operation (expired sessions are a prefix of the LRU order, so
-        the sweep costs O(number expired)). ``sweep()`` runs it explicitly.
-    clock : callable
-        Monotonic time in seconds (inject a fake clock in tests).
-    """
+    def lookup(self, item: Any) -> int:
+        """Internal index of an external id, -1 if unknown; TypeError for a type that is no id."""
+        if isinstance(item, (bool, np.bool_)):
+            raise TypeError(f"item id must be an int or a str; got {item!r}")
+        if self.int_ids:
+            if isinstance(item, (int, np.integer)):
+                key = int(item)
+            elif isinstance(item, str):
+                if not _INT_TEXT.match(item):
+                    return -1
+                key = int(item)
+            else:
+                raise TypeError(f"item id must be an int or a str; got {type(item).__name__} {item!r}")
+        elif isinstance(item, (str, int, np.integer)):
+            key = str(item)
+        else:
+            raise TypeError(f"item id must be an int or a str; got {type(item).__name__} {item!r}")
+        return self.index.get(key, -1)
 
-    def __init__(self, new_state: Callable[[], tuple], max_sessions: int = 100_000,
-                 ttl_seconds: float = 1800.0, clock: Callable[[], float] = time.monotonic):
-        self._new_state = new_state
-        self.max_sessions = int(max_sessions)
-        self.ttl_seconds = float(ttl_seconds)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._table: OrderedDict[Hashable, _Session] = OrderedDict()
-        self._serial = 0
-        self.created = 0
-        self.evictions = 0
-        self.expirations = 0
-        self.resets = 0
+    def indices_of(self, recent: np.ndarray) -> np.ndarray:
+        """Internal indices (int32, -1 for unknown) of an array of external ids (vectorised for int
+        ids)."""
+        if len(recent) == 0:
+            return np.zeros(0, np.int32)
+        if self.int_ids and recent.dtype.kind in "iu":
+            pos = np.searchsorted(self.sorted_ids, recent)
+            pos = np.minimum(pos, len(self.sorted_ids) - 1)
+            hit = self.sorted_ids[pos] == recent
+            return np.where(hit, self.sorted_order[pos], -1).astype(np.int32)
+        return np.array([self.lookup(x) for x in recent.tolist()], np.int32)
 
-    def __len__(self) -> int:
-        return len(self._table)
+    def recent_dtype(self):
+        return np.int64 if self.int_ids else object
 
-    def __contains__(self, session_id: Hashable) -> bool:
-        with self._lock:
-            self._sweep_locked(self._clock())
-            return session_id in self._table
+    def exclude_of(self, recent: np.ndarray, idx: Optional[int]) -> np.ndarray:
+        """Distinct internal indices of the recent items plus ``idx`` (if given), int32 (m,)."""
+        known = self.indices_of(recent)
+        known = known[known >= 0]
+        if idx is not None:
+            known = np.append(known, np.int32(idx))
+        return np.unique(known).astype(np.int32)
 
-    def _sweep_locked(self, now: float) -> int:
-        table = self._table
-        limit = now - self.ttl_seconds
-        n = 0
-        while table:
-            sid = next(iter(table))
-            if table[sid].last > limit:
-                break
-            del table[sid]
-            n += 1
-        self.expirations += n
-        return n
+    def advance(self, idx: Sequence[int], h: list, c: Optional[list]):
+        """Run the recurrent layers over ``idx`` from state (h, c); returns the new (h, c)."""
+        X = np.ascontiguousarray(self.input_table[np.asarray(idx, np.int64)])
+        _, h_last, c_last, _ = _core.sequence_forward(
+            self.cell, X.reshape(len(idx), 1, -1), h, c, None, self.seq_weights, None,
+            self.num_threads)
+        h = [np.ascontiguousarray(a, dtype=np.float32) for a in h_last]
+        c = [np.ascontiguousarray(a, dtype=np.float32) for a in c_last] if c_last is not None else None
+        return h, c
 
-    def sweep(self) -> int:
-        """Expire every session idle for longer than the TTL; returns how many."""
-        with self._lock:
-            return self._sweep_locked(self._clock())
+    def scores_of_states(self, H: np.ndarray, k: int, exclude: Optional[np.ndarray]):
+        """Top-k of given top-layer states (n, H_L) without advancing anything."""
+        if self.ann is not None:
+            return self.ann.search(H, k, exclude)
+        return self.topk(H, self.table, self.b_y, k, exclude, self.scales, self.num_threads)
 
-    def get(self, session_id: Hashable, create: bool = True) -> Optional[_Session]:
-        """The live entry of ``session_id`` (marked as just used); a new zero-state entry if there is
-        none and ``create``, else None."""
-        with self._lock:
-            now = self._clock()
-            self._sweep_locked(now)  # also the lazy TTL check of this session
-            table = self._table
-            entry = table.get(session_id)
-            if entry is not None:
-                entry.last = now
-                table.move_to_end(session_id)
-                return entry
-            if not create:
-                return None
-            h, c = self._new_state()
-            self._serial += 1
-            entry = _Session(h, c, self._serial, now)
-            table[session_id] = entry
-            self.created += 1
-            while len(table) > self.max_sessions:
-                table.popitem(last=False)
-                self.evictions += 1
-            return entry
+    def step(self, h: list, c: Optional[list], items: np.ndarray, k: int,
+             exclude: Optional[np.ndarray]):
+        """Advance states (h, c: lists of (n, H_l), updated in place) by ``items`` int32 (n,) and
+        return their top k: one ``step_topk`` call, or a step plus an index search."""
+        if self.ann is None:
+            return self.step_topk(self.cell, self.embedding, self.weights, self.E_in, self.W_y,
+                                  self.b_y, h, c, items, k, exclude, self.table, self.scales,
+                                  self.num_threads)
+        X = np.ascontiguousarray(self.input_table[items.astype(np.int64)])
+        _, h_last, c_last, _ = _core.sequence_forward(
+            self.cell, X.reshape(1, len(items), -1), h, c, None, self.seq_weights, None,
+            self.num_threads)
+        for l in range(len(self.layers)):
+            h[l][...] = h_last[l]
+            if c is not None:
+                c[l][...] = c_last[l]
+        return self.ann.search(h[-1], k, exclude)
 
-    def remove(self, session_id: Hashable) -> bool:
-        """Forget ``session_id``; returns whether it was live."""
-        with self._lock:
-            self._sweep_locked(self._clock())
-            found = self._table.pop(session_id, None) is not None
-            self.resets += found
-            return found
+    def rebuild(self, state: SessionState) -> SessionState:
+        """``state`` (made by another model) replayed through this one: its recent items, from the zero
+        state. Items this model does not know are skipped; the recent items and the event count stay."""
+        h, c = self.zero_state(1)
+        idx = self.indices_of(state.recent)
+        idx = idx[idx >= 0]
+        if len(idx):
+            h, c = self.advance(idx.tolist(), h, c)
+        return SessionState(self.fingerprint, tuple(h), tuple(c) if c is not None else None,
+                            state.recent, state.n_events, state.version)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._table.clear()
-
-    def stats(self) -> dict:
-        """Size and counters. ``bytes`` counts the state arrays and the seen-item payload (4 bytes per
-        item), not Python object overhead."""
-        with self._lock:
-            self._sweep_locked(self._clock())
-            entries = list(self._table.values())
-            out = {
-                "sessions": len(entries),
-                "max_sessions": self.max_sessions,
-                "ttl_seconds": self.ttl_seconds,
-                "created": self.created,
-                "evictions": self.evictions,
-                "expirations": self.expirations,
-                "resets": self.resets,
-            }
-        state = 0
-        seen = 0
-        if entries:
-            e = entries[0]
-            state = sum(a.nbytes for a in e.h) + sum(a.nbytes for a in (e.c or ()))
-            seen = sum(len(e.seen) for e in entries)
-        out["state_bytes_per_session"] = state
-        out["seen_items"] = seen
-        out["bytes"] = state * len(entries) + 4 * seen
-        return out
+    def fits(self, state: SessionState) -> bool:
+        """Whether a state of this model's fingerprint has this model's shapes."""
+        if len(state.h) != len(self.layers) or (state.c is not None) != (self.cell == "lstm"):
+            return False
+        for l, H in enumerate(self.layers):
+            if state.h[l].shape != (1, H) or (state.c is not None and state.c[l].shape != (1, H)):
+                return False
+        return True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -252,17 +287,19 @@ class Recommender:
         Fitted (or loaded) model. Its parameters are used as they are when float32 (no copy of the item
         table); a float64 model is converted to a float32 copy once, here.
     max_sessions : int, default 100_000
-        Bound of the session store (LRU eviction beyond it).
+        Bound of the in-memory store (LRU eviction beyond it). Not used by a Redis store: bound Redis
+        with ``maxmemory`` and an eviction policy.
     ttl_seconds : float, default 1800
-        Sessions idle longer than this are expired.
+        Sessions idle longer than this are expired (a Redis store sets it as each key's TTL).
     exclude_seen : bool, default False
-        Never recommend an item already in the session (the last ``MAX_SEEN`` distinct items of it).
+        Never recommend an item among the session's last ``max_recent`` events.
     unknown_item : {'skip', 'raise'}, default 'skip'
         An item id not in the model's item map. ``'skip'``: the session's state is not advanced and the
         recommendations of its current state are returned; for a session that does not exist yet these
         are the scores of the zero hidden state (``b_y`` plus nothing: no popularity prior is added),
         and no session is created. ``'raise'``: :class:`UnknownItemError` (a ``KeyError`` and
-        ``ValueError``) naming the item; nothing changes.
+        ``ValueError``) naming the item; nothing changes. :meth:`unknown_items` names them without
+        raising (the HTTP server returns them as ``"unknown"``).
     precision : {'float32', 'bfloat16', 'int8'}, default 'float32'
         Table used for scoring. The reduced ones are a copy of ``W_y`` made here
         (:func:`~seqrec_fast.reference.quantize_table`); the input embedding and the recurrent layers
@@ -271,7 +308,25 @@ class Recommender:
         Threads per kernel call. One is right for single events (DESIGN.md §3.5); a large batch or a
         catalogue of millions may use more.
     clock : callable, default time.monotonic
-        Time source of the TTL (inject a fake one in tests).
+        Time source of the in-memory store's TTL (inject a fake one in tests).
+    store : SessionStore, str or None, default None
+        Where session states live: None or ``"memory"`` (a
+        :class:`~seqrec_fast.serving.store.MemorySessionStore` with ``max_sessions``, ``ttl_seconds``
+        and ``clock``), ``"redis://host:port/db"`` (a shared
+        :class:`~seqrec_fast.serving.redis_store.RedisSessionStore`, extra ``seqrec-fast[redis]``), or
+        any object following the :class:`~seqrec_fast.serving.store.SessionStore` protocol.
+    index : {None, 'exact', 'hnsw'}, default None
+        Top-k search. None / ``'exact'``: the fused exact kernel. ``'hnsw'``: an approximate HNSW
+        index (:class:`~seqrec_fast.serving.index.HnswIndex`, extra ``seqrec-fast[index]``) over
+        ``[W_y[j], b_y[j]]`` queried with ``[h, 1]``; the candidates it returns are rescored exactly.
+        For catalogues of millions; float32 only.
+    index_path : str, optional
+        File of the HNSW index: loaded when it exists and belongs to this model (same fingerprint),
+        else built and saved there. None: built in memory.
+    index_options : dict, optional
+        ``M``, ``ef_construction``, ``ef_search`` of :meth:`HnswIndex.build`.
+    max_recent : int, default ``MAX_SEEN`` (512)
+        Events remembered per session, for ``exclude_seen`` and for the replay after a model reload.
 
     Notes
     -----
@@ -290,9 +345,12 @@ class Recommender:
         precision: str = "float32",
         num_threads: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        store: Any = None,
+        index: Optional[str] = None,
+        index_path: Optional[str] = None,
+        index_options: Optional[dict] = None,
+        max_recent: int = MAX_SEEN,
     ):
-        if not hasattr(model, "params_"):
-            raise ValueError("model is not fitted; fit it or use SessionRNN.load(path)")
         if not isinstance(max_sessions, (int, np.integer)) or isinstance(max_sessions, bool) \
                 or max_sessions < 1:
             raise ValueError(f"max_sessions must be an int >= 1; got {max_sessions!r}")
@@ -309,90 +367,95 @@ class Recommender:
         if not isinstance(num_threads, (int, np.integer)) or isinstance(num_threads, bool) \
                 or num_threads < 1:
             raise ValueError(f"num_threads must be an int >= 1; got {num_threads!r}")
-        self.model = model
+        if index not in INDEXES:
+            raise ValueError(f"index must be one of {INDEXES}; got {index!r}")
+        if index == "hnsw" and precision != "float32":
+            raise ValueError(f"index='hnsw' searches float32 vectors; precision must be 'float32', "
+                             f"got {precision!r}")
+        if not isinstance(max_recent, (int, np.integer)) or isinstance(max_recent, bool) \
+                or max_recent < 0:
+            raise ValueError(f"max_recent must be an int >= 0; got {max_recent!r}")
         self.exclude_seen = bool(exclude_seen)
         self.unknown_item = unknown_item
         self.precision = precision
         self.num_threads = int(num_threads)
+        self.index = None if index == "exact" else index
+        self.index_path = None if index_path is None else str(index_path)
+        self.index_options = dict(index_options or {})
+        self.max_recent = int(max_recent)
+        self._engine = self._make_engine(model)
+        self.store: SessionStore = open_store(store, max_sessions, ttl, clock)
+        self.reloads = 0
+        self.rebuilt = 0
+        self.malformed = 0
 
-        f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
-        names = list(model.param_names_)
-        params = model.params_
-        self.cell = model.cell
-        self.embedding = model.embedding
-        self.layers = [int(h) for h in model.layers_]
-        L = len(self.layers)
-        self._weights = [tuple(f32(a) for a in params[3 * l: 3 * l + 3]) for l in range(L)]
-        self._W_y = f32(params[names.index("W_y")])
-        self._b_y = f32(params[names.index("b_y")])
-        self._E_in = f32(params[names.index("E_in")]) if "E_in" in names else None
-        self.n_items = int(self._W_y.shape[0])
-        if self.embedding == "onehot":
-            # a one-hot input times W_x is a row of W_x: feed that row through an identity W_x
-            W_x0, W_h0, b0 = self._weights[0]
-            self._seq_weights = [(np.eye(W_x0.shape[1], dtype=np.float32), W_h0, b0)] + self._weights[1:]
-            self._input_table = W_x0
-        else:
-            self._seq_weights = self._weights
-            self._input_table = self._W_y if self.embedding == "constrained" else self._E_in
-        self._table, self._scales = self._reduced(precision)
-        self._step_topk, self._topk = _kernels()
+    def _make_engine(self, model) -> _Engine:
+        if not hasattr(model, "params_"):
+            raise ValueError("model is not fitted; fit it or use SessionRNN.load(path)")
+        return _Engine(model, self.precision, self.num_threads, self.index, self.index_path,
+                       self.index_options)
 
-        ids = np.asarray(model.item_ids_)
-        self._ids = ids
-        self._int_ids = ids.dtype.kind in "iu"
-        keys = ids.tolist() if self._int_ids else [str(x) for x in ids.tolist()]
-        self._index = dict(zip(keys, range(len(keys))))
-        if len(self._index) != len(keys):
-            raise ValueError("the model's item ids are not unique")
+    # -- the model side (read-only views of the current engine) ----------------------------------
+    model = property(lambda self: self._engine.model)
+    fingerprint = property(lambda self: self._engine.fingerprint, doc="sha256 of the model served")
+    n_items = property(lambda self: self._engine.n_items)
+    cell = property(lambda self: self._engine.cell)
+    embedding = property(lambda self: self._engine.embedding)
+    layers = property(lambda self: self._engine.layers)
+    _W_y = property(lambda self: self._engine.W_y)
+    _b_y = property(lambda self: self._engine.b_y)
+    _E_in = property(lambda self: self._engine.E_in)
+    _weights = property(lambda self: self._engine.weights)
+    _table = property(lambda self: self._engine.table)
+    _scales = property(lambda self: self._engine.scales)
+    _step_topk = property(lambda self: self._engine.step_topk)
+    _topk = property(lambda self: self._engine.topk)
+    _ids = property(lambda self: self._engine.ids)
+    _index = property(lambda self: self._engine.index)
+    _int_ids = property(lambda self: self._engine.int_ids)
 
-        self.store = SessionStore(self._zero_state, max_sessions, ttl, clock)
+    def reload(self, model, index_path: Optional[str] = None) -> str:
+        """Serve ``model`` from now on; returns its fingerprint.
+
+        Everything derived from the model (tables, item map, index) is built first, then swapped in
+        with one assignment: a request in flight finishes on the model it started with, the next one
+        uses the new model. Sessions stay in the store; a session whose state came from another model
+        is rebuilt at its next event by replaying its recent items through the new one.
+        """
+        if index_path is not None:
+            self.index_path = str(index_path)
+        engine = self._make_engine(model)
+        old = self._engine.fingerprint
+        self._engine = engine
+        self.reloads += 1
+        log.info("model reloaded: %s -> %s (%d items)", old, engine.fingerprint, engine.n_items)
+        return engine.fingerprint
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _reduced(self, precision: str):
-        """The scoring table in the packed serving layout (``_core.pack_table``): a float32 copy, or
-        a bfloat16 / int8 one with its scales. Made once; W_y itself stays float32 for the input."""
-        if precision == "float32":
-            return _core.pack_table(self._W_y), None
-        q, scales = reference.quantize_table(self._W_y, precision)
-        return _core.pack_table(q), scales
-
     def _zero_state(self, n: int = 1) -> tuple[list, Optional[list]]:
-        h = [np.zeros((n, H), np.float32) for H in self.layers]
-        c = [np.zeros((n, H), np.float32) for H in self.layers] if self.cell == "lstm" else None
-        return h, c
+        return self._engine.zero_state(n)
 
     def _lookup(self, item: Any) -> int:
-        """Internal index of an external id, -1 if unknown; TypeError for a type that is no id."""
-        if isinstance(item, (bool, np.bool_)):
-            raise TypeError(f"item id must be an int or a str; got {item!r}")
-        if self._int_ids:
-            if isinstance(item, (int, np.integer)):
-                key = int(item)
-            elif isinstance(item, str):
-                if not _INT_TEXT.match(item):
-                    return -1
-                key = int(item)
-            else:
-                raise TypeError(f"item id must be an int or a str; got {type(item).__name__} {item!r}")
-        elif isinstance(item, (str, int, np.integer)):
-            key = str(item)
-        else:
-            raise TypeError(f"item id must be an int or a str; got {type(item).__name__} {item!r}")
-        return self._index.get(key, -1)
+        return self._engine.lookup(item)
 
-    def _resolve(self, item: Any) -> Optional[int]:
+    def _resolve(self, item: Any, eng: Optional[_Engine] = None) -> Optional[int]:
         """Internal index, or None for an unknown item under 'skip'; raises under 'raise'."""
-        i = self._lookup(item)
+        eng = eng or self._engine
+        i = eng.lookup(item)
         if i >= 0:
             return i
         if self.unknown_item == "raise":
-            raise UnknownItemError(item, self.n_items)
+            raise UnknownItemError(item, eng.n_items)
         return None
 
     def index_of(self, item: Any) -> int:
         """Internal index of ``item`` (-1 if unknown). For tests and debugging only."""
-        return self._lookup(item)
+        return self._engine.lookup(item)
+
+    def unknown_items(self, items: Iterable[Any]) -> list:
+        """The ids among ``items`` that the model does not know, in order (TypeError for a non-id)."""
+        eng = self._engine
+        return [it for it in items if eng.lookup(it) < 0]
 
     @staticmethod
     def _check_k(k: Any) -> int:
@@ -400,13 +463,18 @@ class Recommender:
             raise ValueError(f"k must be an int >= 1; got {k!r}")
         return int(k)
 
-    def _external(self, idx: np.ndarray, scores: np.ndarray) -> Result:
+    @staticmethod
+    def _external_of(eng: _Engine, idx: np.ndarray, scores: np.ndarray) -> Result:
         if len(idx) and idx[-1] < 0:  # padding (-1) only ever trails the valid entries
             n = int(np.count_nonzero(idx >= 0))
             idx, scores = idx[:n], scores[:n]
-        return self._ids[idx], scores
+        return eng.ids[idx], scores
 
-    def _exclude_matrix(self, rows: list) -> Optional[np.ndarray]:
+    def _external(self, idx: np.ndarray, scores: np.ndarray) -> Result:
+        return self._external_of(self._engine, idx, scores)
+
+    @staticmethod
+    def _exclude_matrix(rows: list) -> Optional[np.ndarray]:
         """int32 (n, m) padded with -1 from a list of int32 (m_i,) arrays; None if all are empty."""
         m = max((len(r) for r in rows), default=0)
         if m == 0:
@@ -417,15 +485,56 @@ class Recommender:
         return out
 
     def _scores_of_states(self, H: np.ndarray, k: int, exclude: Optional[np.ndarray]):
-        """Top-k of given top-layer states (n, H_L) without advancing anything."""
-        return self._topk(H, self._table, self._b_y, k, exclude, self._scales, self.num_threads)
+        return self._engine.scores_of_states(H, k, exclude)
+
+    # -- state access: the one place that reads the store -----------------------------------------
+    def _load_session(self, eng: _Engine, session_id: Hashable) -> tuple[Optional[SessionState], int]:
+        """The session's state as ``eng`` sees it, and the stored version to commit against.
+
+        Returns ``(None, 0)`` for no session; ``(None, v)`` for a stored state that is malformed (it
+        counts as missing and is logged; the next write replaces it); ``(state, v)`` otherwise, with a
+        state of another model's fingerprint rebuilt by replaying its recent items through ``eng``.
+        Raises :class:`~seqrec_fast.serving.store.StoreUnavailableError` when the store is down.
+        """
+        try:
+            state = self.store.get(session_id)
+        except MalformedStateError as e:  # a store that hands malformed bytes up instead of dropping
+            self.malformed += 1
+            log.warning("session %r: malformed state (%s); treated as a new session", session_id, e)
+            return None, int(getattr(e, "version", 0))
+        if state is None:
+            return None, 0
+        if state.fingerprint != eng.fingerprint:
+            self.rebuilt += 1
+            return eng.rebuild(state), state.version
+        if not eng.fits(state):
+            self.malformed += 1
+            log.warning("session %r: stored state does not fit the model (layers %s); treated as a "
+                        "new session", session_id, [a.shape for a in state.h])
+            return None, state.version
+        return state, state.version
+
+    def _commit(self, session_id: Hashable, version: int, state: SessionState) -> bool:
+        return self.store.compare_and_set(session_id, version, state) is not None
+
+    def _next_recent(self, eng: _Engine, state: Optional[SessionState], idx: int) -> np.ndarray:
+        recent = state.recent if state is not None else np.zeros(0, eng.recent_dtype())
+        if self.max_recent == 0:
+            return recent[:0]
+        new = np.empty(min(len(recent) + 1, self.max_recent), dtype=eng.recent_dtype())
+        keep = len(new) - 1
+        if keep:
+            new[:keep] = recent[len(recent) - keep:]
+        new[-1] = eng.ids[idx]
+        return new
 
     # -- single events ------------------------------------------------------------------------------
     def recommend(self, session_id: Hashable, item_id: Any, k: int = 20) -> Result:
         """Feed ``item_id`` to session ``session_id`` and return its top ``k`` next items.
 
-        A new session starts from the zero state. One kernel call (``step_topk``, GIL released); the
-        session's lock is held during it, the store's is not.
+        A new session starts from the zero state. One kernel call (``step_topk``, GIL released) between
+        a read and a compare-and-set of the session's state; a concurrent event of the same session
+        that commits first makes this one recompute on top of it.
 
         Returns
         -------
@@ -433,37 +542,49 @@ class Recommender:
         scores : float32 ndarray (<= k,)
         """
         k = self._check_k(k)
-        idx = self._resolve(item_id)
+        eng = self._engine
+        idx = self._resolve(item_id, eng)
         if idx is None:
-            return self._current(session_id, k)
-        entry = self.store.get(session_id)
-        with entry.lock:
-            exclude = entry.exclude_with(idx)[None, :] if self.exclude_seen else None
-            out_idx, out_sc = self._step_topk(
-                self.cell, self.embedding, self._weights, self._E_in, self._W_y, self._b_y,
-                entry.h, entry.c, np.array([idx], np.int32), k, exclude, self._table, self._scales,
-                self.num_threads)
-            if self.exclude_seen:
-                entry.add_seen(idx, MAX_SEEN)
-            entry.n_events += 1
-        return self._external(out_idx[0], out_sc[0])
+            return self._current(eng, session_id, k)
+        items = np.array([idx], np.int32)
+        for attempt in range(MAX_CAS_RETRIES):
+            state, version = self._load_session(eng, session_id)
+            if state is None:
+                h, c = eng.zero_state(1)
+                recent = np.zeros(0, eng.recent_dtype())
+            else:
+                h = [a.copy() for a in state.h]
+                c = [a.copy() for a in state.c] if state.c is not None else None
+                recent = state.recent
+            exclude = eng.exclude_of(recent, idx)[None, :] if self.exclude_seen else None
+            out_idx, out_sc = eng.step(h, c, items, k, exclude)
+            new = SessionState(eng.fingerprint, tuple(h), tuple(c) if c is not None else None,
+                               self._next_recent(eng, state, idx),
+                               (state.n_events if state is not None else 0) + 1)
+            if self._commit(session_id, version, new):
+                return self._external_of(eng, out_idx[0], out_sc[0])
+            if attempt > 8:
+                time.sleep(1e-4 * min(attempt, 50))
+        raise StoreConflictError(f"session {session_id!r}: {MAX_CAS_RETRIES} concurrent writes in a row")
 
-    def _current(self, session_id: Hashable, k: int) -> Result:
+    def _current(self, eng: _Engine, session_id: Hashable, k: int) -> Result:
         """Recommendations of the session's current state (zero state if it does not exist)."""
-        entry = self.store.get(session_id, create=False)
-        if entry is None:
-            H = np.zeros((1, self.layers[-1]), np.float32)
+        state, _ = self._load_session(eng, session_id)
+        if state is None:
+            H = np.zeros((1, eng.layers[-1]), np.float32)
             exclude = None
         else:
-            with entry.lock:
-                H = entry.h[-1].copy()
-                exclude = entry.exclude_with(None)[None, :] if self.exclude_seen and entry.seen else None
-        idx, sc = self._scores_of_states(H, k, exclude)
-        return self._external(idx[0], sc[0])
+            H = state.h[-1]
+            exclude = None
+            if self.exclude_seen and len(state.recent):
+                ex = eng.exclude_of(state.recent, None)
+                exclude = ex[None, :] if len(ex) else None
+        idx, sc = eng.scores_of_states(H, k, exclude)
+        return self._external_of(eng, idx[0], sc[0])
 
     def reset(self, session_id: Hashable) -> bool:
         """Forget a session (its next event starts from the zero state); returns whether it existed."""
-        return self.store.remove(session_id)
+        return self.store.delete(session_id)
 
     # -- batches ------------------------------------------------------------------------------------
     def recommend_batch(self, session_ids: Sequence[Hashable], item_ids: Sequence[Any],
@@ -474,9 +595,12 @@ class Recommender:
         into (n, H) arrays and scattered back). A session id that occurs several times in the batch
         has its events applied in batch order, exactly as consecutive :meth:`recommend` calls would:
         the batch is split into rounds (round r holds every session's r-th event), one kernel call per
-        round. Under ``unknown_item='raise'`` every item is checked before any state changes.
+        round. Each session's new state is committed with its own compare-and-set; the sessions whose
+        write lost a race are recomputed from their fresh state. Under ``unknown_item='raise'`` every
+        item is checked before any state changes.
         """
         k = self._check_k(k)
+        eng = self._engine
         session_ids = list(session_ids)
         item_ids = list(item_ids)
         if len(session_ids) != len(item_ids):
@@ -485,90 +609,97 @@ class Recommender:
         n = len(session_ids)
         if n == 0:
             return []
-        idxs = [self._resolve(it) for it in item_ids]
-        distinct = list(dict.fromkeys(session_ids))
+        idxs = [self._resolve(it, eng) for it in item_ids]
         with_known = {sid for sid, i in zip(session_ids, idxs) if i is not None}
-        if len(with_known) > self.store.max_sessions:
+        max_sessions = getattr(self.store, "max_sessions", None)
+        if max_sessions is not None and len(with_known) > max_sessions:
             raise ValueError(f"the batch has {len(with_known)} distinct sessions but the store keeps "
-                             f"at most max_sessions={self.store.max_sessions}")
-        entries = {sid: self.store.get(sid, create=sid in with_known) for sid in distinct}
-        rounds: list[list[int]] = []
-        count: dict = {}
-        for p, sid in enumerate(session_ids):
-            r = count.get(sid, 0)
-            count[sid] = r + 1
-            if r == len(rounds):
-                rounds.append([])
-            rounds[r].append(p)
-        locked = sorted({id(e): e for e in entries.values() if e is not None}.values(),
-                        key=lambda e: e.serial)
+                             f"at most max_sessions={max_sessions}")
         results: list[Optional[Result]] = [None] * n
-        for e in locked:
-            e.lock.acquire()
-        try:
+        todo = list(dict.fromkeys(session_ids))
+        for _attempt in range(MAX_CAS_RETRIES):
+            loaded = {sid: self._load_session(eng, sid) for sid in todo}
+            states = {sid: st for sid, (st, _v) in loaded.items()}
+            mine = set(todo)
+            positions = [p for p in range(n) if session_ids[p] in mine]
+            rounds: list[list[int]] = []
+            count: dict = {}
+            for p in positions:
+                r = count.get(session_ids[p], 0)
+                count[session_ids[p]] = r + 1
+                if r == len(rounds):
+                    rounds.append([])
+                rounds[r].append(p)
+            staged: dict = {}
             for rows in rounds:
-                self._batch_round(rows, session_ids, idxs, entries, k, results)
-        finally:
-            for e in locked:
-                e.lock.release()
-        return results  # type: ignore[return-value]
+                self._batch_round(eng, rows, session_ids, idxs, states, k, staged)
+            failed = []
+            for sid in todo:
+                if sid in with_known and not self._commit(sid, loaded[sid][1], states[sid]):
+                    failed.append(sid)
+            for p in positions:
+                if session_ids[p] not in failed:
+                    results[p] = staged[p]
+            if not failed:
+                return results  # type: ignore[return-value]
+            todo = failed
+        raise StoreConflictError(f"sessions {todo[:3]!r}: {MAX_CAS_RETRIES} concurrent writes in a row")
 
-    def _batch_round(self, rows, session_ids, idxs, entries, k, results) -> None:
+    def _batch_round(self, eng: _Engine, rows, session_ids, idxs, states: dict, k: int,
+                     staged: dict) -> None:
+        """One round of a batch: advance the sessions of ``rows`` (at most one event each) in one
+        kernel call; ``states`` is updated with the new states, ``staged`` with each row's result."""
         step = [p for p in rows if idxs[p] is not None]
         stay = [p for p in rows if idxs[p] is None]
+        L = len(eng.layers)
         if step:
-            es = [entries[session_ids[p]] for p in step]
+            sts = [states[session_ids[p]] for p in step]
             items = np.array([idxs[p] for p in step], np.int32)
-            h = [np.concatenate([e.h[l] for e in es]) for l in range(len(self.layers))]
-            c = [np.concatenate([e.c[l] for e in es]) for l in range(len(self.layers))] \
-                if self.cell == "lstm" else None
-            exclude = (self._exclude_matrix([e.exclude_with(int(i)) for e, i in zip(es, items)])
-                       if self.exclude_seen else None)
-            out_idx, out_sc = self._step_topk(
-                self.cell, self.embedding, self._weights, self._E_in, self._W_y, self._b_y, h, c,
-                items, k, exclude, self._table, self._scales, self.num_threads)
-            for j, (p, e) in enumerate(zip(step, es)):
-                for l in range(len(self.layers)):
-                    e.h[l][0] = h[l][j]
-                    if c is not None:
-                        e.c[l][0] = c[l][j]
-                if self.exclude_seen:
-                    e.add_seen(int(items[j]), MAX_SEEN)
-                e.n_events += 1
-                results[p] = self._external(out_idx[j], out_sc[j])
+            zh, zc = eng.zero_state(1)
+            h = [np.concatenate([s.h[l] if s is not None else zh[l] for s in sts]) for l in range(L)]
+            c = [np.concatenate([s.c[l] if s is not None else zc[l] for s in sts]) for l in range(L)] \
+                if eng.cell == "lstm" else None
+            exclude = None
+            if self.exclude_seen:
+                exclude = self._exclude_matrix([
+                    eng.exclude_of(s.recent if s is not None else np.zeros(0, eng.recent_dtype()),
+                                   int(i)) for s, i in zip(sts, items)])
+            out_idx, out_sc = eng.step(h, c, items, k, exclude)
+            for j, (p, s) in enumerate(zip(step, sts)):
+                states[session_ids[p]] = SessionState(
+                    eng.fingerprint, tuple(h[l][j: j + 1].copy() for l in range(L)),
+                    tuple(c[l][j: j + 1].copy() for l in range(L)) if c is not None else None,
+                    self._next_recent(eng, s, int(items[j])),
+                    (s.n_events if s is not None else 0) + 1)
+                staged[p] = self._external_of(eng, out_idx[j], out_sc[j])
         if stay:
-            es = [entries[session_ids[p]] for p in stay]
-            H = np.zeros((len(stay), self.layers[-1]), np.float32)
+            sts = [states[session_ids[p]] for p in stay]
+            H = np.zeros((len(stay), eng.layers[-1]), np.float32)
             ex_rows = []
-            for j, e in enumerate(es):
-                if e is not None:
-                    H[j] = e.h[-1][0]
-                ex_rows.append(e.exclude_with(None) if (e is not None and self.exclude_seen)
+            for j, s in enumerate(sts):
+                if s is not None:
+                    H[j] = s.h[-1][0]
+                ex_rows.append(eng.exclude_of(s.recent, None) if (s is not None and self.exclude_seen)
                                else np.zeros(0, np.int32))
-            out_idx, out_sc = self._scores_of_states(H, k, self._exclude_matrix(ex_rows))
+            out_idx, out_sc = eng.scores_of_states(H, k, self._exclude_matrix(ex_rows))
             for j, p in enumerate(stay):
-                results[p] = self._external(out_idx[j], out_sc[j])
+                staged[p] = self._external_of(eng, out_idx[j], out_sc[j])
 
     # -- stateless ----------------------------------------------------------------------------------
-    def _prefix_indices(self, items: Sequence[Any]) -> list[int]:
+    def _prefix_indices(self, items: Sequence[Any], eng: Optional[_Engine] = None) -> list[int]:
+        eng = eng or self._engine
         if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
             raise TypeError(f"items must be a sequence of item ids; got {type(items).__name__}")
         out = []
         for it in items:
-            i = self._resolve(it)
+            i = self._resolve(it, eng)
             if i is not None:
                 out.append(i)
         return out
 
     def _advance_prefix(self, idx: Sequence[int], h: list, c: Optional[list]):
         """Run the recurrent layers over ``idx`` from state (h, c); returns the new (h, c)."""
-        X = np.ascontiguousarray(self._input_table[np.asarray(idx, np.int64)])
-        _, h_last, c_last, _ = _core.sequence_forward(
-            self.cell, X.reshape(len(idx), 1, -1), h, c, None, self._seq_weights, None,
-            self.num_threads)
-        h = [np.ascontiguousarray(a, dtype=np.float32) for a in h_last]
-        c = [np.ascontiguousarray(a, dtype=np.float32) for a in c_last] if c_last is not None else None
-        return h, c
+        return self._engine.advance(idx, h, c)
 
     def predict_next(self, items: Sequence[Any], k: int = 20,
                      exclude_seen: Optional[bool] = None) -> Result:
@@ -577,22 +708,21 @@ class Recommender:
         The same result as ``SessionRNN.recommend(items, k, exclude_seen)``. Unknown items follow the
         ``unknown_item`` policy ('skip' drops them; if none is left, the zero state answers).
         ``exclude_seen`` None means the Recommender's setting; with it, every item of the prefix is
-        excluded.
+        excluded. Never touches the session store.
         """
         k = self._check_k(k)
+        eng = self._engine
         ex_seen = self.exclude_seen if exclude_seen is None else bool(exclude_seen)
-        idx = self._prefix_indices(items)
-        h, c = self._zero_state(1)
+        idx = self._prefix_indices(items, eng)
+        h, c = eng.zero_state(1)
         if not idx:
-            out = self._scores_of_states(h[-1], k, None)
-            return self._external(out[0][0], out[1][0])
+            out = eng.scores_of_states(h[-1], k, None)
+            return self._external_of(eng, out[0][0], out[1][0])
         if len(idx) > 1:
-            h, c = self._advance_prefix(idx[:-1], h, c)
+            h, c = eng.advance(idx[:-1], h, c)
         exclude = np.array([list(dict.fromkeys(idx))], np.int32) if ex_seen else None
-        out_idx, out_sc = self._step_topk(
-            self.cell, self.embedding, self._weights, self._E_in, self._W_y, self._b_y, h, c,
-            np.array([idx[-1]], np.int32), k, exclude, self._table, self._scales, self.num_threads)
-        return self._external(out_idx[0], out_sc[0])
+        out_idx, out_sc = eng.step(h, c, np.array([idx[-1]], np.int32), k, exclude)
+        return self._external_of(eng, out_idx[0], out_sc[0])
 
     # -- vectors and re-ranking ---------------------------------------------------------------------
     # These use the session store only through _session_state (read) and _advance_session (write).
@@ -600,25 +730,36 @@ class Recommender:
     """Most candidates one :meth:`rank` / :meth:`rank_prefix` call accepts (ValueError beyond it;
     HTTP 413). A class default; set it on an instance to change it."""
 
-    def _session_state(self, session_id: Hashable) -> tuple[list, list | None] | None:
-        """A copy of the live state (h, c) of ``session_id`` (lists of (1, H_l) float32), or None."""
-        entry = self.store.get(session_id, create=False)
-        if entry is None:
+    def _session_state(self, session_id: Hashable) -> Optional[tuple[list, Optional[list]]]:
+        """A copy of the live state (h, c) of ``session_id`` (lists of (1, H_l) float32), or None.
+        Reads through :meth:`_load_session` (a state of another model is replayed first)."""
+        state, _version = self._load_session(self._engine, session_id)
+        if state is None:
             return None
-        with entry.lock:
-            return ([a.copy() for a in entry.h],
-                    [a.copy() for a in entry.c] if entry.c is not None else None)
+        return ([a.copy() for a in state.h],
+                [a.copy() for a in state.c] if state.c is not None else None)
 
     def _advance_session(self, session_id: Hashable, idx: int, kernel: Callable):
         """Feed item ``idx`` to the session (created if new) with ``kernel(h, c)``, which advances
-        the state arrays in place and returns the answer; the seen items and event count follow."""
-        entry = self.store.get(session_id)
-        with entry.lock:
-            out = kernel(entry.h, entry.c)
-            if self.exclude_seen:
-                entry.add_seen(idx, MAX_SEEN)
-            entry.n_events += 1
-        return out
+        the state arrays in place and returns the answer; the recent items and event count follow.
+        Committed with a compare-and-set like :meth:`recommend` (recomputed on a lost race)."""
+        eng = self._engine
+        for attempt in range(MAX_CAS_RETRIES):
+            state, version = self._load_session(eng, session_id)
+            if state is None:
+                h, c = eng.zero_state(1)
+            else:
+                h = [a.copy() for a in state.h]
+                c = [a.copy() for a in state.c] if state.c is not None else None
+            out = kernel(h, c)
+            new = SessionState(eng.fingerprint, tuple(h), tuple(c) if c is not None else None,
+                               self._next_recent(eng, state, idx),
+                               (state.n_events if state is not None else 0) + 1)
+            if self._commit(session_id, version, new):
+                return out
+            if attempt > 8:
+                time.sleep(1e-4 * min(attempt, 50))
+        raise StoreConflictError(f"session {session_id!r}: {MAX_CAS_RETRIES} concurrent writes in a row")
 
     def session_vector(self, session_id: Hashable) -> np.ndarray:
         """The session's vector: its last layer's current state (a copy), float32 (H_L,).
@@ -655,7 +796,7 @@ class Recommender:
     def _rank_state(self, H: np.ndarray, cand: np.ndarray):
         return _core.rank_candidates(H, self._W_y, self._b_y, cand, self.num_threads)
 
-    def _step_rank(self, idx: int, cand: np.ndarray, h: list, c: list | None):
+    def _step_rank(self, idx: int, cand: np.ndarray, h: list, c: Optional[list]):
         return _core.step_rank(self.cell, self.embedding, self._weights, self._E_in, self._W_y,
                                self._b_y, h, c, np.array([idx], np.int32), cand, self.num_threads)
 
@@ -713,12 +854,13 @@ class Recommender:
 
         return self._ranked(candidates, kernel)
 
-    # -- reduced precision --------------------------------------------------------------------------
-    def _prefix_states(self, prefixes, max_prefixes: int) -> np.ndarray:
+    # -- approximate scoring: reduced precision, index --------------------------------------------
+    def _prefix_states(self, prefixes, max_prefixes: int, eng: Optional[_Engine] = None) -> np.ndarray:
         """Top-layer states (n, H_L) after each prefix. A SessionData contributes every prefix of
         every session (all outputs of one pass per session)."""
         from ..data import SessionData
 
+        eng = eng or self._engine
         states = []
         if isinstance(prefixes, SessionData):
             items, offsets = prefixes.items, prefixes.offsets
@@ -727,20 +869,20 @@ class Recommender:
                 seq = seq[seq >= 0]
                 if len(seq) == 0:
                     continue
-                h, c = self._zero_state(1)
-                X = np.ascontiguousarray(self._input_table[seq.astype(np.int64)])
+                h, c = eng.zero_state(1)
+                X = np.ascontiguousarray(eng.input_table[seq.astype(np.int64)])
                 Y, _, _, _ = _core.sequence_forward(
-                    self.cell, X.reshape(len(seq), 1, -1), h, c, None, self._seq_weights, None,
+                    eng.cell, X.reshape(len(seq), 1, -1), h, c, None, eng.seq_weights, None,
                     self.num_threads)
                 states.append(np.asarray(Y, np.float32).reshape(len(seq), -1))
                 if sum(len(a) for a in states) >= max_prefixes:
                     break
         else:
             for p in prefixes:
-                idx = [i for i in (self._lookup(it) for it in p) if i >= 0]
+                idx = [i for i in (eng.lookup(it) for it in p) if i >= 0]
                 if not idx:
                     continue
-                h, c = self._advance_prefix(idx, *self._zero_state(1))
+                h, c = eng.advance(idx, *eng.zero_state(1))
                 states.append(h[-1])
                 if len(states) >= max_prefixes:
                     break
@@ -750,7 +892,10 @@ class Recommender:
 
     def overlap_at_k(self, prefixes, k: int = 20, precision: Optional[str] = None,
                      max_prefixes: int = 10_000) -> float:
-        """Mean overlap@k of the reduced-precision top-k against exact float32 scoring.
+        """Mean overlap@k of the approximate top-k against exact float32 scoring.
+
+        The approximation is the reduced-precision table (``precision`` other than float32) or, for a
+        float32 Recommender with ``index='hnsw'``, the index.
 
         Parameters
         ----------
@@ -759,29 +904,33 @@ class Recommender:
             gives every prefix of every session.
         k : int
         precision : {'bfloat16', 'int8', 'float32'}, optional
-            The table to compare (default: this Recommender's). 'float32' gives 1.0.
+            The table to compare (default: this Recommender's). 'float32' without an index gives 1.0.
         max_prefixes : int
             Evaluate at most this many prefixes.
 
         Returns
         -------
-        float : mean over prefixes of |top-k reduced ∩ top-k float32| / k, in [0, 1]
+        float : mean over prefixes of |top-k approximate ∩ top-k float32| / k, in [0, 1]
         """
         k = self._check_k(k)
+        eng = self._engine
         precision = self.precision if precision is None else precision
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
-        H = self._prefix_states(prefixes, int(max_prefixes))
-        if precision == "float32":
+        H = self._prefix_states(prefixes, int(max_prefixes), eng)
+        if precision == "float32" and eng.ann is None:
             return 1.0
-        table, scales = (self._table, self._scales) if precision == self.precision \
-            else self._reduced(precision)
-        exact, _ = self._topk(H, self._W_y, self._b_y, k, None, None, self.num_threads)
-        approx, _ = self._topk(H, table, self._b_y, k, None, scales, self.num_threads)
+        exact, _ = eng.topk(H, eng.W_y, eng.b_y, k, None, None, self.num_threads)
+        if precision == "float32":
+            approx, _ = eng.ann.search(H, k, None)
+        else:
+            table, scales = (eng.table, eng.scales) if precision == self.precision \
+                else eng.reduced(precision)
+            approx, _ = eng.topk(H, table, eng.b_y, k, None, scales, self.num_threads)
         kk = exact.shape[1]
         total = 0.0
         for a, b in zip(exact, approx):
-            total += len(set(a.tolist()) & set(b.tolist())) / kk
+            total += len(set(a.tolist()) & set(b.tolist()) - {-1}) / kk
         return total / len(H)
 
     # -- introspection ------------------------------------------------------------------------------
@@ -789,17 +938,20 @@ class Recommender:
         return len(self.store)
 
     def stats(self) -> dict:
-        """Store size and counters (see :meth:`SessionStore.stats`) plus the serving configuration."""
+        """Store size and counters (the store's ``stats()``) plus the serving configuration."""
         out = self.store.stats()
-        out.update(n_items=self.n_items, precision=self.precision, exclude_seen=self.exclude_seen,
-                   unknown_item=self.unknown_item, num_threads=self.num_threads, kernel=self.kernel)
+        eng = self._engine
+        out.update(n_items=eng.n_items, precision=self.precision, exclude_seen=self.exclude_seen,
+                   unknown_item=self.unknown_item, num_threads=self.num_threads, kernel=self.kernel,
+                   index=self.index or "exact", fingerprint=eng.fingerprint, reloads=self.reloads,
+                   rebuilt_sessions=self.rebuilt, malformed_states=self.malformed)
         return out
 
     @property
     def kernel(self) -> str:
         """'cpp' when the C++ step_topk / topk kernels are used, 'reference' for the NumPy fallback."""
-        return "reference" if self._step_topk is reference.step_topk else "cpp"
+        return "reference" if self._engine.step_topk is reference.step_topk else "cpp"
 
     def __repr__(self) -> str:
         return (f"Recommender(n_items={self.n_items}, cell={self.cell!r}, layers={self.layers}, "
-                f"precision={self.precision!r}, sessions={len(self.store)}/{self.store.max_sessions})")
+                f"precision={self.precision!r}, index={self.index or 'exact'!r}, store={self.store!r})")
