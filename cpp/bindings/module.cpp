@@ -659,7 +659,8 @@ py::tuple train_chunk_impl(const Args& args, const std::string& embedding, py::s
                            py::sequence state1, py::sequence state2, py::sequence hidden,
                            py::handle cell_state, py::handle x_, py::handle y_, py::handle reset_,
                            py::handle neg_, py::handle drop_embed_, py::handle drop_hidden_,
-                           py::handle log_support_, const seqrec::TrainConfig& cfg, int nt) {
+                           py::handle log_support_, const seqrec::TrainConfig& cfg, int nt,
+                           py::handle features_) {
   constexpr Index G = seqrec::gate_count(KC);
   seqrec::TrainModel<T> m;
   m.cell = KC;
@@ -668,12 +669,15 @@ py::tuple train_chunk_impl(const Args& args, const std::string& embedding, py::s
   else if (embedding == "onehot") m.embedding = seqrec::Embedding::OneHot;
   else args.value_error("embedding must be 'constrained', 'separate' or 'onehot'; got '" + embedding + "'");
   const bool separate = m.embedding == seqrec::Embedding::Separate;
+  const bool with_features = !features_.is_none();
   const size_t P = params.size();
-  if (P < 5 || (P - 2 - (separate ? 1 : 0)) % 3 != 0) {
+  const size_t extra = 2 + (separate ? 1 : 0) + (with_features ? 1 : 0);
+  if (P < 3 + extra || (P - extra) % 3 != 0) {
     args.value_error("params must be [W_x, W_h, b] per layer, then W_y, b_y" +
-                     std::string(separate ? ", E_in" : "") + "; got " + std::to_string(P) + " arrays");
+                     std::string(separate ? ", E_in" : "") + std::string(with_features ? ", P" : "") +
+                     "; got " + std::to_string(P) + " arrays");
   }
-  const Index L = static_cast<Index>((P - 2 - (separate ? 1 : 0)) / 3);
+  const Index L = static_cast<Index>((P - extra) / 3);
   if (state1.size() != P || state2.size() != P) {
     args.value_error("state1 and state2 must have one entry per parameter (" + std::to_string(P) + ")");
   }
@@ -719,6 +723,18 @@ py::tuple train_chunk_impl(const Args& args, const std::string& embedding, py::s
   } else {
     m.E_in = {nullptr, nullptr, nullptr, 0, 0};
     m.I0 = m.embedding == seqrec::Embedding::OneHot ? N : HL;
+  }
+  m.P = {nullptr, nullptr, nullptr, 0, 0};
+  if (with_features) {  // item features: F (N, F_dim) read-only, P (F_dim, H_L) the last param
+    auto F = args.array<T>(features_, "features", {N, ANY}, "(N, F_dim)");
+    keep.push_back(F);
+    const Index Fd = F.shape(1);
+    if (Fd < 1) args.value_error("features must have F_dim >= 1 columns; got " + shape_of(F));
+    m.P = bind(P - 1, "P", {Fd, HL}, "(F_dim, H_L)");
+    m.feat.F = cptr<T>(F);
+    m.feat.P = m.P.p;
+    m.feat.Fd = Fd;
+    m.feat.H = HL;
   }
   for (Index l = 0; l < L; ++l) {
     const Index H = m.H[l], in = l == 0 ? m.I0 : m.H[l - 1];
@@ -822,7 +838,8 @@ py::tuple train_chunk(const std::string& cell, const std::string& embedding, py:
                       py::sequence state1, py::sequence state2, py::sequence hidden,
                       py::object cell_state, py::object x, py::object y, py::object reset,
                       py::object neg, py::object drop_embed, py::object drop_hidden,
-                      py::object log_support, py::dict config, int num_threads) {
+                      py::object log_support, py::dict config, int num_threads,
+                      py::object features) {
   Args a{"train_chunk"};
   const Cell k = parse_cell(a, cell);
   const int nt = a.threads(num_threads);
@@ -832,7 +849,8 @@ py::tuple train_chunk(const std::string& cell, const std::string& embedding, py:
   const DType dt = dtype_of(a, w, "params[-1]");
 #define SEQREC_TRAIN(KC, T) \
   return train_chunk_impl<KC, T>(a, embedding, params, state1, state2, hidden, cell_state, x, y, reset, \
-                                 neg, drop_embed, drop_hidden, log_support, cfg, nt)
+                                 neg, drop_embed, drop_hidden, log_support, cfg, nt, \
+                                 features)
   if (dt == DType::F32) {
     switch (k) {
       case Cell::RNN: SEQREC_TRAIN(Cell::RNN, float);
@@ -1548,6 +1566,7 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
         py::arg("state1"), py::arg("state2"), py::arg("hidden"), py::arg("cell_state"), py::arg("x"),
         py::arg("y"), py::arg("reset"), py::arg("neg"), py::arg("drop_embed"), py::arg("drop_hidden"),
         py::arg("log_support"), py::arg("config"), py::arg("num_threads") = 1,
+        py::arg("features") = py::none(),
         "Trains on K windows of T steps (T = bptt) of B session-parallel slots, in place.\n\n"
         "params: [W_x, W_h, b] per layer, then W_y (N, H_L), b_y (N,), and E_in (N, E) in\n"
         "'separate' mode; state1/state2: optimizer state of the same shapes (Adagrad: accumulator,\n"
@@ -1559,7 +1578,10 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
         "support (needed when logq > 0). config: loss, bpreg, elu_param, logq, sample_alpha,\n"
         "full_softmax, batch_size, optimizer, learning_rate, momentum, beta1, beta2, eps, step.\n"
         "Returns (losses (K,), counts (K,), windows_done, non_finite, updates). A window whose loss\n"
-        "is NaN/inf is not applied, and the call returns there with non_finite = True.");
+        "is NaN/inf is not applied, and the call returns there with non_finite = True.\n"
+        "features: None, or the item feature matrix F (N, F_dim); then params ends with P\n"
+        "(F_dim, H_L) and every item vector is W_y[j] + F[j]·P (output side; input side too\n"
+        "when constrained); P gets the gradient of the rows touched in each window.");
   m.def("sequence_backward", &sequence_backward, py::arg("cell"), py::arg("dY"), py::arg("dh_last"),
         py::arg("dc_last"), py::arg("X"), py::arg("reset"), py::arg("weights"), py::arg("cache"),
         py::arg("drop") = py::none(), py::arg("num_threads") = 1,

@@ -449,7 +449,7 @@ class _RowGrads:
 
 def train_chunk(
     cell, embedding, params, state1, state2, hidden, cell_state, x, y, reset, neg, drop_embed,
-    drop_hidden, log_support, config, num_threads: int = 1,
+    drop_hidden, log_support, config, num_threads: int = 1, features=None,
 ):
     """Trains on K windows of T steps of B session-parallel slots, updating everything in place.
 
@@ -460,15 +460,22 @@ def train_chunk(
     ``logq·log Q``, the loss divided by ``batch_size``, truncated BPTT through the window, and one
     optimizer update: dense for the recurrent weights, lazy over the touched rows of item tables.
 
+    With ``features`` F (N, F_dim), ``params`` ends with P (F_dim, H_L) and every item vector is
+    the effective row ``W_y[j] + F[j]·P`` (scores; also the input under 'constrained'); the
+    gradients of the effective rows go to W_y's rows and, through ``dP = F[rows]ᵀ·G``, to P.
+
     Returns ``(losses (K,), counts (K,), windows_done, non_finite, updates)``.
     """
-    L = (len(params) - 2 - (embedding == "separate")) // 3
+    feat = features is not None
+    L = (len(params) - 2 - (embedding == "separate") - feat) // 3
     K, T, B = x.shape
     W = [tuple(params[3 * l : 3 * l + 3]) for l in range(L)]
     W_y, b_y = params[3 * L], params[3 * L + 1]
     E_in = params[3 * L + 2] if embedding == "separate" else None
     N, HL = W_y.shape
     dt = W_y.dtype.type
+    iP = len(params) - 1
+    P = params[iP] if feat else None
     full = bool(config.get("full_softmax", False))
     logq = config.get("logq", 0.0)
     alpha = config.get("sample_alpha", 0.5)
@@ -480,12 +487,13 @@ def train_chunk(
     for k in range(K):
         xk, yk, rk = x[k], y[k], reset[k]
         valid = xk >= 0
+        W_eff = W_y + features @ P if feat else W_y  # the window's effective item table
         if embedding == "onehot":
             X0 = np.zeros((T, B, N), W_y.dtype)
             tt, bb = np.nonzero(valid)
             X0[tt, bb, xk[valid]] = 1
         else:
-            table = W_y if embedding == "constrained" else E_in
+            table = W_eff if embedding == "constrained" else E_in
             X0 = np.zeros((T, B, table.shape[1]), W_y.dtype)
             X0[valid] = table[xk[valid]]
             if drop_embed is not None:
@@ -505,10 +513,10 @@ def train_chunk(
                 continue
             Ya = Y[t, act]
             if full:
-                O, bias, pos = W_y, b_y, yk[t, act]
+                O, bias, pos = W_eff, b_y, yk[t, act]
             else:
                 cols = np.concatenate([yk[t, act], neg[k, t]]) if S else yk[t, act]
-                O, bias, pos = W_y[cols], b_y[cols], np.arange(n)
+                O, bias, pos = W_eff[cols], b_y[cols], np.arange(n)
             R = Ya @ O.T + bias
             if logq > 0 and not full:
                 ls = log_support[cols]
@@ -549,6 +557,13 @@ def train_chunk(
                 i = 3 * l + j
                 opt_update(config, step, params[i], grads[l][j], state1[i], state2[i])
         iy, ib = 3 * L, 3 * L + 1
+        if feat:
+            if full:
+                dP = features.T @ gWy_full
+            else:
+                rows, G = gy.summed(HL, W_y.dtype)
+                dP = features[rows].T @ G
+            opt_update(config, step, P, dP, state1[iP], state2[iP])
         if full:
             opt_update(config, step, W_y, gWy_full, state1[iy], state2[iy])
             opt_update(config, step, b_y, gby_full, state1[ib], state2[ib])

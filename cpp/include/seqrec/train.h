@@ -15,6 +15,7 @@
 #include <limits>
 #include <vector>
 
+#include "features.h"
 #include "losses.h"
 #include "optim.h"
 #include "parallel.h"
@@ -42,6 +43,8 @@ struct TrainModel {
   std::vector<Index> H;               // hidden width per layer
   Param<T> W_y, b_y;                  // (N, H_L), (N, 1)
   Param<T> E_in;                      // (N, E) in separate mode, else p == null
+  Param<T> P;                         // (F_dim, H_L) feature projection when feat.on(), else p == null
+  ItemFeatures<T> feat;               // item features (features.h); the item vector is W_y + F·P
   Index N = 0, I0 = 0;                // items; width of layer 0's input (E or H_L; N for one-hot)
 };
 
@@ -195,20 +198,28 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
   RowAccum<T> acc_y(N, HL), acc_by(N, 1);
   RowAccum<T> acc_in(N, onehot ? G * m.H[0] : (m.embedding == Embedding::Separate ? I0 : 1));
   const T inv_batch = T(1) / T(cfg.batch_size);
+  // item features: effective rows of the window (constant within it), dP and gather scratch
+  const bool feat = m.feat.on();
+  std::vector<T> Xf(feat && m.embedding == Embedding::Constrained ? TB * HL : 0),
+      Wfull(feat && cfg.full_softmax ? N * HL : 0), dP(feat ? m.feat.Fd * HL : 0), fscratch;
 
   for (Index k = 0; k < ch.K; ++k) {
     const std::int32_t* xk = ch.x + k * TB;
     const std::int32_t* yk = ch.y + k * TB;
     const std::uint8_t* rk = ch.reset + k * TB;
+    if (feat && cfg.full_softmax) feature_table(m.feat, N, m.W_y.p, Wfull.data(), nt);
     // 1. input embedding of every (step, slot)
     if (!onehot) {
       const T* table = m.embedding == Embedding::Constrained ? m.W_y.p : m.E_in.p;
+      if (!Xf.empty()) {  // constrained with features: the input is the effective row
+        gather_item_rows(m.feat, m.W_y.p, xk, TB, Xf.data(), fscratch, nt);
+      }
       const T* dmask = ch.drop_embed ? ch.drop_embed + k * TB * I0 : nullptr;
       parallel_for(TB, nt, [&](Index e0, Index e1) {
         for (Index e = e0; e < e1; ++e) {
           T* dst = X0.data() + e * I0;
           if (xk[e] < 0) { std::fill(dst, dst + I0, T(0)); continue; }
-          const T* src = table + Index(xk[e]) * I0;
+          const T* src = Xf.empty() ? table + Index(xk[e]) * I0 : Xf.data() + e * I0;
           if (dmask) for (Index j = 0; j < I0; ++j) dst[j] = src[j] * dmask[e * I0 + j];
           else std::copy(src, src + I0, dst);
         }
@@ -248,7 +259,7 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
       const T* Op;  // (C, HL) output rows
       if (cfg.full_softmax) {
         C = N;
-        Op = m.W_y.p;
+        Op = feat ? Wfull.data() : m.W_y.p;
         for (Index i = 0; i < n; ++i) pos[i] = yt[act[i]];
         std::copy(m.b_y.p, m.b_y.p + N, bias.data());
       } else {
@@ -267,6 +278,7 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
             }
           }
         }, 64);
+        if (feat) add_feature_rows(m.feat, cols.data(), C, O.data(), fscratch, nt);
         Op = O.data();
       }
       CMapR<T> OM(Op, C, HL);
@@ -385,6 +397,11 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
       dense_update(oc, m.W_h[l].rows * m.W_h[l].cols, m.W_h[l].p, dWh[l].data(), m.W_h[l].s1,
                    m.W_h[l].s2, nt);
       dense_update(oc, m.b[l].rows * m.b[l].cols, m.b[l].p, db[l].data(), m.b[l].s1, m.b[l].s2, nt);
+    }
+    if (feat) {  // dP = F[rows]ᵀ·(summed gradients of the effective rows touched in the window)
+      if (cfg.full_softmax) feature_grad(m.feat, nullptr, N, gWy_full.data(), dP.data(), fscratch, nt);
+      else feature_grad(m.feat, acc_y.rows(), acc_y.size(), acc_y.grads(), dP.data(), fscratch, nt);
+      dense_update(oc, m.feat.Fd * HL, m.P.p, dP.data(), m.P.s1, m.P.s2, nt);
     }
     if (cfg.full_softmax) {
       dense_update(oc, N * HL, m.W_y.p, gWy_full.data(), m.W_y.s1, m.W_y.s2, nt);
