@@ -112,6 +112,20 @@ class SessionRNN:
         Each is called as ``cb(model, epoch, logs)`` after every epoch; returning True stops.
     chunk_steps : int
         Steps handed to C++ per call (one Python call per chunk, not per step).
+    item_features : DataFrame or path, optional
+        Item features: a table with one row per item (a pandas DataFrame, or a path to a Parquet
+        file) holding the id column ``item_features_id_column`` and feature columns. Numeric columns
+        are used as they are; categorical ones (str / category dtype, or named in
+        ``item_features_categorical``) are one-hot encoded; list columns are multi-hot (or a dense
+        vector when they hold numbers of one length, e.g. a text embedding); see
+        :mod:`seqrec_fast.features`. The encoded matrix F (N, F_dim) extends every item vector to
+        ``W_y[j] + F[j] @ P`` with P (F_dim, H_L) trained (scores; and the input under the
+        constrained embedding). Every training item needs a row; rows of items without events become
+        cold-start items (``W_y[j] = 0``), scored by their features.
+    item_features_id_column : str
+        Name of the item-id column of ``item_features``.
+    item_features_categorical : sequence of str, optional
+        Numeric columns of ``item_features`` to one-hot encode (e.g. an integer category id).
     """
 
     def __init__(
@@ -143,6 +157,9 @@ class SessionRNN:
         early_stopping: Optional[int] = None,
         callbacks: Optional[Sequence[Callable]] = None,
         chunk_steps: int = 256,
+        item_features: Any = None,
+        item_features_id_column: str = "ItemId",
+        item_features_categorical: Optional[Sequence[str]] = None,
     ):
         self.cell = cell
         self.layers = layers
@@ -171,6 +188,9 @@ class SessionRNN:
         self.early_stopping = early_stopping
         self.callbacks = callbacks
         self.chunk_steps = chunk_steps
+        self.item_features = item_features
+        self.item_features_id_column = item_features_id_column
+        self.item_features_categorical = item_features_categorical
 
     # -- scikit-learn contract ---------------------------------------------------------------
     @classmethod
@@ -191,7 +211,8 @@ class SessionRNN:
 
     def __repr__(self) -> str:
         defaults = {k: p.default for k, p in inspect.signature(type(self).__init__).parameters.items()}
-        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v]
+        changed = [f"{k}={_short_repr(v)}" for k, v in self.get_params().items()
+                   if not _same(defaults.get(k), v)]
         return f"SessionRNN({', '.join(changed)})"
 
     # -- validation ----------------------------------------------------------------------------
@@ -248,7 +269,8 @@ class SessionRNN:
         return p
 
     # -- parameters ----------------------------------------------------------------------------
-    def _init_params(self, p: dict, n_items: int, rng: np.random.Generator) -> None:
+    def _init_params(self, p: dict, n_items: int, rng: np.random.Generator,
+                     feature_dim: int = 0) -> None:
         dt = np.dtype(p["dtype"])
         G = _GATES[p["cell"]]
         layers = p["layers"]
@@ -274,11 +296,221 @@ class SessionRNN:
         if p["embedding"] == "separate":
             params.append(glorot(n_items, p["embedding_dim"]))
             names.append("E_in")
+        if feature_dim:  # item features: the projection P is the last parameter (train_chunk's layout)
+            params.append(glorot(feature_dim, HL))
+            names.append("P")
         self.params_ = params
         self.param_names_ = names
         self.state1_ = [np.zeros_like(a) for a in params]
         need2 = p["optimizer"] == "adam" or p["momentum"] > 0
         self.state2_ = [np.zeros_like(a) if need2 else None for a in params]
+
+    # -- item features, growing the tables -------------------------------------------------------
+    def _read_features(self, p: dict):
+        """(ids (n,), encoded rows (n, F_dim) in the model dtype, raw table) of ``item_features``."""
+        from .features import read_item_features
+
+        idcol = p["item_features_id_column"]
+        df = read_item_features(p["item_features"], idcol)
+        return np.asarray(df[idcol].to_numpy()), df.drop(columns=[idcol])
+
+    def _features_for(self, p: dict, train_ids: np.ndarray):
+        """Encode ``item_features`` for a fresh fit: (F aligned to train ids + extra ids, the extra
+        (feature-only) ids, the encoder), or (None, empty, None) without features."""
+        from .features import FeatureEncoder
+
+        if p["item_features"] is None:
+            return None, train_ids[:0], None
+        fids, table = self._read_features(p)
+        encoder = FeatureEncoder(p["item_features_categorical"]).fit(table)
+        if encoder.width < 1:
+            raise ValueError("item_features encodes to zero columns")
+        rows = encoder.transform(table, dtype=np.dtype(p["dtype"]))
+        pos = _id_index(fids).get_indexer(_as_lookup(train_ids, fids))
+        missing = pos < 0
+        if missing.any():
+            raise ValueError(
+                f"item_features has no row for {int(missing.sum())} of the {len(train_ids)} training "
+                f"items (e.g. {train_ids[missing][:5].tolist()!r}); every item with events needs a "
+                f"feature row (id column {p['item_features_id_column']!r}, "
+                f"dtype {fids.dtype} vs training ids {train_ids.dtype})"
+            )
+        extra = _id_index(train_ids).get_indexer(_as_lookup(fids, train_ids)) < 0
+        F = np.ascontiguousarray(np.concatenate([rows[pos], rows[extra]]))
+        return F, fids[extra], encoder
+
+    def _grow_for(self, p: dict, train: SessionData, rng: np.random.Generator) -> np.ndarray:
+        """Warm start: check the architecture, append the items of ``train`` (and of
+        ``item_features``) the model does not know, and return ``train.items`` in the model's
+        internal indices."""
+        if p["layers"] != list(self.layers_):
+            raise ValueError(f"warm_start cannot change layers ({list(self.layers_)} -> {p['layers']})")
+        dt = self.params_[0].dtype
+        if np.dtype(p["dtype"]) != dt:
+            raise ValueError(f"warm_start cannot change dtype ({dt} -> {p['dtype']})")
+        for name in ("cell", "embedding", "optimizer"):
+            was = self._fit_arch.get(name, p[name])
+            if p[name] != was:
+                raise ValueError(f"warm_start cannot change {name} ({was!r} -> {p[name]!r})")
+        if p["embedding"] == "separate" and p["embedding_dim"] != self.params_[
+                self.param_names_.index("E_in")].shape[1]:
+            raise ValueError("warm_start cannot change embedding_dim")
+        if (p["optimizer"] == "adam" or p["momentum"] > 0) and any(
+                s is None for s in self.state2_):
+            self.state2_ = [np.zeros_like(a) for a in self.params_]
+        has_f = getattr(self, "item_features_", None) is not None
+        if p["item_features"] is not None and not has_f:
+            raise ValueError("this model was trained without item features; warm_start cannot add "
+                             "them (fit from scratch with item_features)")
+        old_ids = np.asarray(self.item_ids_)
+        N_old = len(old_ids)
+        data_ids = np.asarray(train.item_ids)
+        pos = _id_index(old_ids).get_indexer(_as_lookup(data_ids, old_ids))
+        new = pos < 0
+        new_ids = data_ids[new]
+        F_new = None
+        if has_f:
+            if p["item_features"] is not None:
+                fids, table = self._read_features(p)
+                rows = self.feature_encoder_.transform(table, dtype=dt)
+                fpos = _id_index(fids).get_indexer(_as_lookup(new_ids, fids))
+                if (fpos < 0).any():
+                    raise ValueError(
+                        f"item_features has no row for {int((fpos < 0).sum())} of the {len(new_ids)} "
+                        f"items new in the data (e.g. {new_ids[fpos < 0][:5].tolist()!r})"
+                    )
+                known = np.concatenate([old_ids, new_ids]) if len(new_ids) else old_ids
+                extra = _id_index(known).get_indexer(_as_lookup(fids, known)) < 0
+                new_ids = _concat_ids(new_ids, fids[extra])
+                F_new = np.concatenate([rows[fpos], rows[extra]])
+            elif len(new_ids):
+                raise ValueError(
+                    f"the data has {len(new_ids)} items the model does not know (e.g. "
+                    f"{new_ids[:5].tolist()!r}) and the model uses item features: pass item_features "
+                    "with rows for them"
+                )
+        if len(new_ids):
+            self._append_items(new_ids, F_new, rng, fresh=not has_f)
+        mapping = pos.astype(np.int64)
+        mapping[new] = N_old + np.arange(int(new.sum()))
+        return mapping[train.items].astype(np.int32)
+
+    def _append_items(self, ids: np.ndarray, F_rows: Optional[np.ndarray],
+                      rng: Optional[np.random.Generator], fresh: bool) -> None:
+        """Append items to every item table and its optimizer state. W_y rows: Glorot-fresh when
+        ``fresh`` (no features), else 0 (the vector comes from F·P); b_y 0; E_in / one-hot W_x
+        rows fresh (``rng``) or 0. Everything is built first, then swapped in."""
+        n = len(ids)
+        N_old = len(self.item_ids_)
+        N = N_old + n
+        names = self.param_names_
+        onehot = self.embedding == "onehot"
+        params = list(self.params_)
+        s1 = list(self.state1_)
+        s2 = list(self.state2_)
+
+        def rows_like(a, fill_fresh):
+            shape = (n,) + a.shape[1:]
+            if fill_fresh and rng is not None and a.ndim == 2:
+                G = _GATES[self.cell] if onehot and a is params[0] else 1
+                sc = math.sqrt(6.0 / (N + a.shape[1] // G))
+                return rng.uniform(-sc, sc, size=shape).astype(a.dtype)
+            return np.zeros(shape, a.dtype)
+
+        grow = [names.index("W_y"), names.index("b_y")]
+        if "E_in" in names:
+            grow.append(names.index("E_in"))
+        if onehot:
+            grow.append(0)
+        for i in grow:
+            fresh_i = fresh if names[i] == "W_y" else names[i] != "b_y"
+            params[i] = np.concatenate([params[i], rows_like(params[i], fresh_i)])
+            s1[i] = np.concatenate([s1[i], np.zeros((n,) + s1[i].shape[1:], s1[i].dtype)])
+            if s2[i] is not None:
+                s2[i] = np.concatenate([s2[i], np.zeros((n,) + s2[i].shape[1:], s2[i].dtype)])
+        F = self.__dict__.get("item_features_")
+        if F is not None:
+            F = np.ascontiguousarray(np.concatenate([F, F_rows.astype(F.dtype)]))
+        item_ids = _concat_ids(np.asarray(self.item_ids_), ids)
+        # swap in (nothing above touched the live model)
+        self.params_, self.state1_, self.state2_ = params, s1, s2
+        self.item_features_ = F
+        self.item_ids_ = item_ids
+        self._item_map = None
+        self._params_changed()
+
+    def add_items(self, ids: Sequence, features: Any = None) -> "SessionRNN":
+        """Add items to the fitted model without retraining; returns ``self``.
+
+        Parameters
+        ----------
+        ids : sequence of item ids (n,)
+            New external ids (ints for a model with int ids, str for str ids); none may be known.
+        features : DataFrame or array_like (n, F_dim), optional
+            Required when the model has item features: the raw feature columns (a DataFrame with
+            the training columns, rows in the order of ``ids``; encoded with the stored encoder) or
+            already-encoded rows (n, F_dim). The new items get ``W_y = 0`` and ``b_y = 0``, so they
+            are scored by ``F @ P``. Without features the model must have none; the new items then
+            score ``b_y = 0`` and can be recommended only once a warm-start fit has learned them.
+
+        Raises
+        ------
+        ValueError
+            For an id the model already has (or a duplicate), a feature width that differs from
+            the model's, NaN / inf features, or features given to / missing for a model without /
+            with features. The model is unchanged.
+        """
+        from .features import check_finite
+
+        self._check_fitted()
+        ids = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
+        if ids.ndim != 1 or len(ids) == 0:
+            raise ValueError(f"ids must be a non-empty 1-d sequence of item ids; got shape {ids.shape}")
+        old = np.asarray(self.item_ids_)
+        str_ids = old.dtype == object or old.dtype.kind in "US"
+        if str_ids:
+            ids = ids.astype(str).astype(object)
+        elif ids.dtype.kind not in "iu":
+            raise ValueError(f"this model has integer item ids; got ids of dtype {ids.dtype}")
+        else:
+            ids = ids.astype(old.dtype)
+        dup = pd_duplicated(ids)
+        if dup.any():
+            raise ValueError(f"ids holds duplicates: {ids[dup][:5].tolist()!r}")
+        known = _id_index(old).get_indexer(ids) >= 0
+        if known.any():
+            raise ValueError(
+                f"{int(known.sum())} of the ids are already in the model (e.g. "
+                f"{ids[known][:5].tolist()!r}); add_items only adds new items"
+            )
+        F = self.__dict__.get("item_features_")
+        rows = None
+        if F is None:
+            if features is not None:
+                raise ValueError("this model has no item features; call add_items(ids) without features")
+        else:
+            if features is None:
+                raise ValueError(f"this model uses item features: pass features for the {len(ids)} "
+                                 f"new items ((n, {F.shape[1]}) rows or a DataFrame)")
+            import pandas as pd
+
+            if isinstance(features, pd.DataFrame):
+                rows = self.feature_encoder_.transform(features, dtype=F.dtype)
+            else:
+                rows = np.asarray(features, dtype=np.float64)
+                if rows.ndim != 2 or rows.shape[1] != F.shape[1]:
+                    raise ValueError(
+                        f"features must have shape (n, {F.shape[1]}) (the model's feature width); "
+                        f"got {rows.shape}"
+                    )
+                check_finite(rows, "features")
+                rows = rows.astype(F.dtype)
+            if rows.shape[0] != len(ids):
+                raise ValueError(f"features has {rows.shape[0]} rows for {len(ids)} ids")
+            if rows.shape[1] != F.shape[1]:
+                raise ValueError(f"features encode to width {rows.shape[1]}; the model's is {F.shape[1]}")
+        self._append_items(ids, rows, None, fresh=False)
+        return self
 
     @property
     def n_items(self) -> int:
@@ -287,7 +519,20 @@ class SessionRNN:
 
     @property
     def W_y_(self) -> np.ndarray:
-        return self.params_[self.param_names_.index("W_y")]
+        """The item table used for scoring and the constrained input: ``W_y``, or with item
+        features the effective table ``W_y + F @ P`` (folded once and cached until the
+        parameters change)."""
+        W = self.params_[self.param_names_.index("W_y")]
+        if self.param_names_[-1] != "P":
+            return W
+        cached = self.__dict__.get("_W_eff")
+        if cached is None:
+            cached = W + self.item_features_ @ self.params_[-1]
+            self._W_eff = cached
+        return cached
+
+    def _params_changed(self) -> None:
+        self._W_eff = None
 
     @property
     def b_y_(self) -> np.ndarray:
@@ -302,11 +547,22 @@ class SessionRNN:
             raise ValueError("this SessionRNN is not fitted yet; call fit() or SessionRNN.load()")
 
     # -- training ------------------------------------------------------------------------------
-    def fit(self, train: SessionData, valid: Optional[SessionData] = None) -> "SessionRNN":
+    def fit(self, train: SessionData, valid: Optional[SessionData] = None,
+            warm_start: bool = False) -> "SessionRNN":
         """Train on ``train`` (a :class:`~seqrec_fast.data.SessionData`); returns ``self``.
 
-        With ``valid`` (sessions over the same item map, e.g. ``load(path, item_map=train)``),
-        Recall@20 and MRR@20 are computed after every epoch, and ``early_stopping`` can use them.
+        With ``valid`` (sessions over the model's item map, e.g. ``load(path, item_map=train)``, or
+        ``item_map=model.item_ids_`` when item features add items), Recall@20 and MRR@20 are
+        computed after every epoch, and ``early_stopping`` can use them.
+
+        With ``warm_start=True`` a fitted (or loaded) model continues from its current weights and
+        optimizer state (the daily retrain): ``n_epochs`` more epochs on ``train``. Items of
+        ``train`` the model does not know are appended to its tables: from their features when the
+        model has item features (``item_features`` must then have rows for them; ``W_y`` rows start
+        at 0), else freshly initialised. Feature rows of items in neither are appended as
+        cold-start items. The architecture (cell, layers, embedding, dtype, optimizer) must not
+        change. A model loaded from a file saved without ``optimizer_state=True`` restarts the
+        optimizer state from zero.
         """
         if not isinstance(train, SessionData):
             raise TypeError(f"train must be a SessionData (see seqrec_fast.data.load); got {type(train).__name__}")
@@ -317,26 +573,41 @@ class SessionRNN:
             raise ValueError(f"train has {train.n_items} items; need at least 2")
         if np.any(train.items < 0):
             raise ValueError("train contains events with unknown items (-1); drop them first")
-        rng = np.random.default_rng(p["seed"])
-        N = train.n_items
-        self.layers_ = p["layers"]
-        self.item_ids_ = np.asarray(train.item_ids)
+        if warm_start:
+            self._check_fitted()
+            seed = p["seed"]
+            rng = np.random.default_rng(None if seed is None else [seed, int(self.n_updates_)])
+            items = self._grow_for(p, train, rng)
+        else:
+            rng = np.random.default_rng(p["seed"])
+            self.layers_ = p["layers"]
+            F, extra_ids, encoder = self._features_for(p, np.asarray(train.item_ids))
+            self.item_ids_ = _concat_ids(np.asarray(train.item_ids), extra_ids)
+            self.item_features_ = F
+            self.feature_encoder_ = encoder
+            self._init_params(p, len(self.item_ids_), rng, 0 if F is None else F.shape[1])
+            self.params_[self.param_names_.index("W_y")][train.n_items:] = 0  # cold-start items
+            self._fit_arch = {k: p[k] for k in ("cell", "embedding", "optimizer")}
+            self.n_updates_ = 0
+            items = train.items
         self._item_map = None
-        self._init_params(p, N, rng)
-        support = train.item_support().astype(np.float64)
-        schedule = session_parallel_schedule(train.items, train.offsets, p["batch_size"])
+        self._params_changed()
+        N = len(self.item_ids_)
+        # items with no events (cold-start ones) are never sampled as negatives
+        support = np.bincount(items, minlength=N).astype(np.float64)
+        schedule = session_parallel_schedule(items, train.offsets, p["batch_size"])
         if valid is not None and valid.n_items != N:
             raise ValueError(
-                f"valid has an item map of {valid.n_items} items but train has {N}; load it with "
-                "item_map=train"
+                f"valid has an item map of {valid.n_items} items but the model has {N}; load it "
+                "with item_map=train (or item_map=model.item_ids_ when item features or warm_start "
+                "added items)"
             )
         sampler = None
         if p["n_sample"] > 0 and not p["full_softmax"]:
-            # support 0 cannot happen for training items; guard the power anyway
-            sampler = AliasSampler(np.maximum(support, 1e-12) ** p["sample_alpha"])
+            w = np.where(support > 0, np.maximum(support, 1e-12) ** p["sample_alpha"], 0.0)
+            sampler = AliasSampler(w)
         log_support = np.log(np.maximum(support, 1.0)).astype(p["dtype"])
         self.history_ = []
-        self.n_updates_ = 0
         best = None
         patience = 0
         for epoch in range(1, p["n_epochs"] + 1):
@@ -371,6 +642,7 @@ class SessionRNN:
         if best is not None:
             self.params_ = best[2]
             self.best_epoch_ = best[1]
+            self._params_changed()
         self.train_stats_ = {
             "n_events": int(schedule.n_events),
             "n_sessions": int(train.n_sessions),
@@ -426,8 +698,9 @@ class SessionRNN:
                 losses, counts, done, non_finite, updates = _core.train_chunk(
                     p["cell"], p["embedding"], self.params_, self.state1_, self.state2_, hidden,
                     cstate, xs[k0:k1], ys[k0:k1], rs[k0:k1], neg, de, dh, log_support, config,
-                    p["num_threads"],
+                    p["num_threads"], features=self.item_features_,
                 )
+                self._params_changed()
                 self.n_updates_ += int(updates)
                 if non_finite:
                     raise NonFiniteLossError(
@@ -731,8 +1004,14 @@ class SessionRNN:
         return Ranking(self.item_ids_[order[0]], scores[0], unknown)
 
     # -- persistence ---------------------------------------------------------------------------
-    def save(self, path) -> None:
-        """Write the fitted model to ``path`` (one .npz with a JSON header; atomic; no pickle)."""
+    def save(self, path, optimizer_state: bool = False) -> None:
+        """Write the fitted model to ``path`` (one .npz with a JSON header; atomic; no pickle).
+
+        The item feature matrix F and its encoding (columns, categories) are saved with P, so a
+        loaded model scores and adds items like this one. ``optimizer_state=True`` also saves the
+        optimizer state and update count (about 2-3x the file size), so that ``SessionRNN.load``
+        followed by ``fit(..., warm_start=True)`` continues exactly where this model stopped.
+        """
         from .io import save_model_file
 
         self._check_fitted()
@@ -744,12 +1023,25 @@ class SessionRNN:
         arrays["item_ids"] = ids.astype(str) if ids.dtype == object else ids
         params = {k: v for k, v in self.get_params().items() if k != "callbacks"}
         params["layers"] = list(self.layers_)
+        params["item_features"] = None  # the encoded matrix is stored instead of the source
+        F = self.__dict__.get("item_features_")
+        extra: dict = {"fit_arch": getattr(self, "_fit_arch", {})}
+        if F is not None:
+            arrays["item_features"] = F
+            extra["item_features"] = self.feature_encoder_.to_json()
+        if optimizer_state:
+            for name, a, b in zip(self.param_names_, self.state1_, self.state2_):
+                arrays["state1." + name] = a
+                if b is not None:
+                    arrays["state2." + name] = b
+            extra["n_updates"] = int(getattr(self, "n_updates_", 0))
         header = {
             "model": "SessionRNN",
             "params": json.loads(json.dumps(params, default=_jsonable)),
             "param_names": self.param_names_,
             "item_ids_kind": "str" if ids.dtype == object or ids.dtype.kind == "U" else "int",
             "train_stats": json.loads(json.dumps(getattr(self, "train_stats_", {}), default=_jsonable)),
+            **extra,
         }
         save_model_file(path, arrays, header)
 
@@ -775,10 +1067,78 @@ class SessionRNN:
         model.item_ids_ = ids.astype(object) if header.get("item_ids_kind") == "str" else ids
         model._item_map = None
         model.train_stats_ = header.get("train_stats", {})
-        # optimizer state is not saved: a loaded model is for inference (refit to train further)
-        model.state1_ = [np.zeros_like(a) for a in model.params_]
-        model.state2_ = [None] * len(model.params_)
+        model._fit_arch = dict(header.get("fit_arch") or
+                               {k: p[k] for k in ("cell", "embedding", "optimizer")})
+        model.item_features_ = None
+        model.feature_encoder_ = None
+        if "P" in names:
+            from .features import FeatureEncoder
+
+            if "item_features" not in arrays or "item_features" not in header:
+                raise ValueError(f"{path}: model file has P but no item feature matrix")
+            F = np.ascontiguousarray(arrays["item_features"])
+            if F.shape != (len(ids), model.params_[-1].shape[0]):
+                raise ValueError(f"{path}: item feature matrix has shape {F.shape}; expected "
+                                 f"({len(ids)}, {model.params_[-1].shape[0]})")
+            model.item_features_ = F
+            model.feature_encoder_ = FeatureEncoder.from_json(header["item_features"])
+        model._params_changed()
+        # optimizer state: restored when saved with optimizer_state=True, else zero (a warm start
+        # then restarts the accumulators)
+        need2 = p["optimizer"] == "adam" or p["momentum"] > 0
+        model.state1_ = [np.ascontiguousarray(arrays["state1." + n]) if "state1." + n in arrays
+                         else np.zeros_like(a) for n, a in zip(names, model.params_)]
+        model.state2_ = [np.ascontiguousarray(arrays["state2." + n]) if "state2." + n in arrays
+                         else (np.zeros_like(a) if need2 else None)
+                         for n, a in zip(names, model.params_)]
+        model.n_updates_ = int(header.get("n_updates", 0))
         return model
+
+
+def _is_str_ids(ids: np.ndarray) -> bool:
+    return ids.dtype == object or ids.dtype.kind in "US"
+
+
+def _id_index(ids: np.ndarray):
+    """A pandas Index over external ids (str ids compared as str)."""
+    import pandas as pd
+
+    return pd.Index(ids.astype(str).astype(object) if _is_str_ids(ids) else ids)
+
+
+def _as_lookup(ids: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``ids`` in the form that matches ``ref``'s index (str when ``ref`` holds str ids)."""
+    return ids.astype(str).astype(object) if _is_str_ids(ref) else ids
+
+
+def _concat_ids(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if len(b) == 0:
+        return a
+    if _is_str_ids(a):
+        return np.concatenate([a.astype(object), b.astype(str).astype(object)])
+    return np.concatenate([a, b.astype(a.dtype)])
+
+
+def pd_duplicated(ids: np.ndarray) -> np.ndarray:
+    return _id_index(ids).duplicated()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality for __repr__ that also works for DataFrames and arrays (identity, then ==)."""
+    if a is b:
+        return True
+    if a is None or b is None:
+        return False
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _short_repr(v: Any) -> str:
+    if hasattr(v, "shape") and hasattr(v, "columns"):
+        return f"<DataFrame {v.shape[0]}x{v.shape[1]}>"
+    return repr(v)
 
 
 @functools.lru_cache(maxsize=8)

@@ -67,7 +67,7 @@ import pandas as pd
 
 from .data import SessionData
 
-__all__ = ["DEFAULT_START_TIME", "generate_frame", "generate_sessions"]
+__all__ = ["DEFAULT_START_TIME", "generate_frame", "generate_item_features", "generate_sessions"]
 
 #: 2024-01-01 00:00:00 UTC, the default first day of the synthetic log.
 DEFAULT_START_TIME = 1_704_067_200.0
@@ -342,3 +342,60 @@ def generate_frame(*args: Any, **kwargs: Any) -> pd.DataFrame:
         event, sessions in start-time order and events in time order.
     """
     return generate_sessions(*args, **kwargs).to_frame()
+
+
+def generate_item_features(
+    n_items: int = 3000,
+    seed: int = 0,
+    *,
+    n_topics: int | None = None,
+    n_successors: int = 5,
+    zipf_exponent: float = 0.9,
+    code_dim: int = 8,
+) -> pd.DataFrame:
+    """Item features of the log that :func:`generate_sessions` makes with the same arguments.
+
+    The item structure (popularity ranks, topics) is drawn from the same seeded generator in the
+    same order as :func:`generate_sessions`, so the features describe that log's items. Columns:
+
+    - ``ItemId``: 1 .. n_items;
+    - ``topic``: the item's topic, as a string (a categorical column: one-hot when encoded);
+    - ``pop_bucket``: the decile (0 = most popular) of the item's base popularity, as a string
+      (an item-level attribute such as a bestseller tier or a price bucket);
+    - ``code``: a per-item vector of ``code_dim`` floats standing in for a text or image embedding:
+      a random centroid of the item's topic plus per-item noise of the same scale, plus the
+      centred log-popularity on its first component (drawn from a second generator, so the log is
+      not changed). 0 turns it off.
+
+    Returns
+    -------
+    pandas.DataFrame with n_items rows.
+    """
+    n_items = _check_int("n_items", n_items, 2)
+    _check_int("seed", seed, 0)
+    n_successors = _check_int("n_successors", n_successors, 1)
+    zipf = _check_pos("zipf_exponent", zipf_exponent)
+    code_dim = _check_int("code_dim", code_dim, 0)
+    if n_topics is None:
+        n_topics = max(1, n_items // 40)
+    n_topics = _check_int("n_topics", n_topics, 1)
+    n_topics = min(n_topics, max(1, n_items // (n_successors + 1)))
+    rng = np.random.default_rng(seed)
+    rank = rng.permutation(n_items)  # the same two draws as generate_sessions, in its order
+    pop = (rank + 1.0) ** -zipf
+    topic_of = np.empty(n_items, dtype=np.int64)
+    topic_of[rng.permutation(n_items)] = np.arange(n_items) % n_topics
+    bucket = np.minimum(rank * 10 // n_items, 9)
+    out = pd.DataFrame({
+        "ItemId": np.arange(1, n_items + 1, dtype=np.int64),
+        "topic": [f"t{t}" for t in topic_of],
+        "pop_bucket": [f"p{b}" for b in bucket],
+    })
+    if code_dim:
+        r2 = np.random.default_rng([seed, 1])
+        centroid = r2.normal(size=(n_topics, code_dim))
+        code = centroid[topic_of] + r2.normal(size=(n_items, code_dim))
+        lp = np.log(pop)
+        code[:, 0] += (lp - lp.mean()) / lp.std()
+        out["code"] = list(code.astype(np.float32))
+    return out

@@ -104,6 +104,9 @@ def model_fingerprint(model) -> str:
     arrays = dict(zip(model.param_names_, model.params_))
     ids = np.asarray(model.item_ids_)
     arrays["item_ids"] = ids.astype(str) if ids.dtype == object else ids
+    F = getattr(model, "item_features_", None)
+    if F is not None:  # saved beside P (SessionRNN.save): part of the model
+        arrays["item_features"] = F
     return _checksum(arrays)
 
 
@@ -127,7 +130,8 @@ class _Engine:
         self.layers = [int(h) for h in model.layers_]
         L = len(self.layers)
         self.weights = [tuple(f32(a) for a in params[3 * l: 3 * l + 3]) for l in range(L)]
-        self.W_y = f32(params[names.index("W_y")])
+        # with item features: W_y + F @ P, folded once here (serving pays nothing per event)
+        self.W_y = f32(model.W_y_)
         self.b_y = f32(params[names.index("b_y")])
         self.E_in = f32(params[names.index("E_in")]) if "E_in" in names else None
         self.n_items = int(self.W_y.shape[0])
@@ -430,6 +434,21 @@ class Recommender:
         self.reloads += 1
         log.info("model reloaded: %s -> %s (%d items)", old, engine.fingerprint, engine.n_items)
         return engine.fingerprint
+
+    def add_items(self, ids: Sequence[Any], features: Any = None) -> None:
+        """Add new items to the live model without retraining (see
+        :meth:`SessionRNN.add_items <seqrec_fast.model.SessionRNN.add_items>`): with item features
+        they are scored by ``F @ P`` from the next request on.
+
+        The model grows (new arrays; the served ones are not touched), then a new engine is built
+        (the table ``W_y + F @ P`` folded once) and swapped in with one assignment, as
+        :meth:`reload` does: a request in flight finishes on the old tables. Raises ValueError (an id
+        the model already has, a feature width that differs from the model's, NaN / inf features);
+        the model and this recommender are then unchanged.
+        """
+        model = self.model
+        model.add_items(ids, features)
+        self._engine = self._make_engine(model)
 
     # -- helpers ----------------------------------------------------------------------------------
     def _zero_state(self, n: int = 1) -> tuple[list, Optional[list]]:
