@@ -1,6 +1,7 @@
 """Accuracy with item features (issue 13): rsc15_64 with CatId, and a cold-start split.
 
     python bench/features_accuracy.py [--seeds 1 2 3] [--threads 2] [--cases rsc15_64 cold]
+                                      [--quick] [--param n_epochs=5 ...]
 
 rsc15_64 (rsc15_64_shehzad_jannach, train_full -> test): the official RSC15 setting
 (configs/rsc15.toml) without features and with the item's CatId set as a multi-hot feature (an
@@ -63,6 +64,8 @@ class TargetRanks:
         t = np.concatenate(self.targets)
         r = np.concatenate(self.ranks).astype(np.float64)
         sel = np.isin(t, mask_items)
+        if not sel.any():
+            return 0.0, 0.0, 0
         hit = r[sel] <= k
         return float(hit.mean()), float(np.where(hit, 1.0 / r[sel], 0).mean()), int(sel.sum())
 
@@ -97,7 +100,7 @@ def rsc15_64(a, params, records):
                   f"(fit {fit_s:.1f}s, {ev_s:,.0f} events/s)", flush=True)
             records.append({"case": "features_rsc15_64", "variant": variant, "seed": seed,
                             "recall@20": r, "mrr@20": mrr, "fit_s": fit_s, "events_per_s": ev_s,
-                            "threads": a.threads})
+                            "threads": a.threads, "params": params})
         print(f"rsc15_64 {variant}: mean Recall@20 {np.mean(rs):.4f} MRR@20 {np.mean(ms):.4f} "
               f"over {len(rs)} seeds")
 
@@ -145,27 +148,29 @@ def cold(a, params, records):
                                            keep_unknown=True)
             wrapped = TargetRanks(m)
             res = evaluate(wrapped, test, cutoffs=(20,), unknown_targets="miss")
+            is_held = np.isin(m.item_ids_, held)
             if cols is None:
                 # an id-only model has no held-out item: every such target is a miss
-                r_h, m_h = 0.0, 0.0
-                n_h = int(np.isin(te.ItemId.to_numpy(), held).sum())
+                r_h, m_h, n_h = 0.0, 0.0, 0
             else:
-                idx = np.flatnonzero(np.isin(m.item_ids_, held))
-                r_h, m_h, n_h = wrapped.metrics(idx)
+                r_h, m_h, n_h = wrapped.metrics(np.flatnonzero(is_held))
+            r_w, m_w, n_w = wrapped.metrics(np.flatnonzero(~is_held))
             r_all, m_all = float(res["recall@20"]), float(res["mrr@20"])
-            results[variant].append((r_h, m_h, r_all, m_all))
+            results[variant].append((r_h, m_h, r_w, m_w, r_all, m_all))
             print(f"cold seed {seed} {variant}: held-out targets ({n_h}) Recall@20 {r_h:.4f} "
-                  f"MRR@20 {m_h:.4f}; all test events Recall@20 {r_all:.4f} MRR@20 {m_all:.4f}",
-                  flush=True)
+                  f"MRR@20 {m_h:.4f}; other targets ({n_w}) Recall@20 {r_w:.4f} MRR@20 {m_w:.4f}; "
+                  f"all test events Recall@20 {r_all:.4f} MRR@20 {m_all:.4f}", flush=True)
             records.append({"case": "features_cold_start", "variant": variant, "seed": seed,
                             "heldout_recall@20": r_h, "heldout_mrr@20": m_h, "n_heldout": n_h,
+                            "warm_recall@20": r_w, "warm_mrr@20": m_w, "n_warm": n_w,
                             "recall@20": r_all, "mrr@20": m_all, "n_sessions": n_sessions,
-                            "n_items": n_items, "threads": a.threads})
-    print("\n| features | held-out targets Recall@20 | MRR@20 | all events Recall@20 | MRR@20 |")
-    print("|---|---:|---:|---:|---:|")
+                            "n_items": n_items, "threads": a.threads, "params": params})
+    print("\n| features | held-out targets R@20 | MRR@20 | other targets R@20 | MRR@20 "
+          "| all events R@20 | MRR@20 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for v, rows in results.items():
         x = np.mean(rows, axis=0)
-        print(f"| {v} | {x[0]:.4f} | {x[1]:.4f} | {x[2]:.4f} | {x[3]:.4f} |")
+        print(f"| {v} | " + " | ".join(f"{u:.4f}" for u in x) + " |")
 
 
 def main(argv=None) -> int:
@@ -175,10 +180,15 @@ def main(argv=None) -> int:
     p.add_argument("--cases", nargs="+", default=["rsc15_64", "cold"], choices=["rsc15_64", "cold"])
     p.add_argument("--config", default=str(ROOT / "configs" / "rsc15.toml"))
     p.add_argument("--quick", action="store_true", help="smaller synthetic log for the cold case")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of the config (e.g. n_epochs=5), for every case")
     a = p.parse_args(argv)
     params = load_config(a.config)
     params.pop("num_threads", None)
     params.pop("seed", None)
+    for kv in a.param:
+        k, _, v = kv.partition("=")
+        params[k] = type(params[k])(v) if k in params and not isinstance(params[k], list) else v
     records = []
     print(f"setting: {a.config}: {params}")
     if "rsc15_64" in a.cases:

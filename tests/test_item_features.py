@@ -335,3 +335,41 @@ def test_warm_start_errors(log, feats):
     full = _from_frame(_frame(log))
     with pytest.raises(ValueError, match="5 items the model does not know"):
         mf.fit(full, warm_start=True)
+
+
+# -------------------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_train_with_item_features_and_warm_start(log, feats, tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    from seqrec_fast.cli import main
+
+    f = _frame(log)
+    sess = f.SessionId.unique()
+    day1 = f[f.SessionId.isin(sess[:1200]) & (f.ItemId <= N_ITEMS - 20)]
+    day2 = f[f.SessionId.isin(sess[1200:])]
+    p1, p2 = tmp_path / "day1.tsv", tmp_path / "day2.tsv"
+    day1.to_csv(p1, sep="\t", index=False)
+    day2.to_csv(p2, sep="\t", index=False)
+    fp = tmp_path / "feats.parquet"
+    feats[["ItemId", "topic", "pop_bucket"]].to_parquet(fp)
+    m1, m2 = tmp_path / "m1.npz", tmp_path / "m2.npz"
+    common = ["--param", "layers=16", "--param", "n_sample=32", "--param", "n_epochs=1",
+              "--param", "batch_size=16", "--threads", "1", "--quiet"]
+    assert main(["train", str(p1), "--out", str(m1), "--item-features", str(fp),
+                 "--save-optimizer-state", *common]) == 0
+    first = SessionRNN.load(m1)
+    assert first.n_items == N_ITEMS  # 20 items without events came in as cold-start items
+    assert first.item_features_.shape == (N_ITEMS, first.feature_encoder_.width)
+    assert main(["train", str(p2), "--out", str(m2), "--warm-start", str(m1), *common]) == 0
+    second = SessionRNN.load(m2)
+    np.testing.assert_array_equal(second.item_ids_, first.item_ids_)
+    assert not np.allclose(second.params_[-1], first.params_[-1])  # P trained further
+    capsys.readouterr()
+    # a feature table that misses training items: a clear error, exit code 2 (CLIError)
+    feats.iloc[:100][["ItemId", "topic"]].to_parquet(fp)
+    code = main(["train", str(p1), "--out", str(tmp_path / "bad.npz"), "--item-features", str(fp),
+                 *common])
+    err = capsys.readouterr().err
+    assert code != 0 and "no row for" in err and "training items" in err

@@ -59,7 +59,7 @@ SERVING_SIZES_QUICK = (3_000, 40_000)
 SERVING_SIZES_FULL = (3_000, 40_000, 100_000, 1_000_000)
 
 
-SUITES = ("kernels", "train", "evaluation", "serving", "ranking", "scale")
+SUITES = ("kernels", "train", "evaluation", "serving", "ranking", "scale", "features")
 
 FOREIGN_LOAD_FLAG = 0.25
 NOISY_SPREAD = 1.5
@@ -488,6 +488,34 @@ def run_ranking(bench_dir: Path, quick: bool, torch_side: bool) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------------
+# item features
+# ---------------------------------------------------------------------------------------------------
+def run_features(bench_dir: Path, quick: bool, threads=(1, 2)) -> list[dict]:
+    """bench_features.py: train_chunk events/s with F_dim 0 / 64 / 384 (validated against the
+    reference trainer first), and per-event serving latency with and without features."""
+    bf = _import_bench(bench_dir, "bench_features")
+    N = 5_000 if quick else 40_000
+    steps, reps, sreps = (16, 3, 40) if quick else (128, 6, 300)
+    out = []
+    for r in bf.bench_train(threads, N=N, steps=steps, repeats=reps):
+        out.append(_rec("features", f"train_chunk F_dim={r['F_dim']}", "seqrec_fast C++", "other",
+                        r["threads"], {"N": N, "B": r["B"], "H": r["H"], "n_sample": r["n_sample"],
+                                       "F_dim": r["F_dim"]},
+                        median=r["events_per_s"], p10=r["events_per_s_p10"],
+                        p90=r["events_per_s_p90"], unit="events/s", higher_is_better=True,
+                        repeats=r["repeats"], pinned={"openmp": r["threads"]},
+                        relative_to_no_features=r["relative_to_no_features"],
+                        validated="C++ vs NumPy reference trainer with features (float64)"))
+    for r in bf.bench_serving(N=N, repeats=sreps):
+        out.append(_rec("features", f"serve one event top-{r['k']}",
+                        "with features" if r["F_dim"] else "without features", "other", 1,
+                        {"N": N, "F_dim": r["model_F_dim"]}, median=r["p50_us"], p10=r["p10_us"],
+                        p90=r["p90_us"], unit="us", repeats=r["repeats"], pinned={"openmp": 1},
+                        fold_at_load_s=r["fold_at_load_s"], validated=r["validated"]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
 # full-ranking evaluation
 # ---------------------------------------------------------------------------------------------------
 def run_evaluation(bench_dir: Path, quick: bool, torch_side: bool, threads=(1, 2)) -> list[dict]:
@@ -622,7 +650,8 @@ def render_markdown(records: Sequence[dict], env: Optional[dict] = None,
               "evaluation": "Full-ranking evaluation (evaluate() end to end, all items ranked)",
               "serving": "Serving",
               "ranking": "Ranking a candidate list (H = 100, N = 40k, 1 thread)",
-              "scale": "Serving past one process (session store, fused kernel vs bare product)"}
+              "scale": "Serving past one process (session store, fused kernel vs bare product)",
+              "features": "Item features (training cost against none; serving with F·P folded)"}
     for suite in SUITES:
         rows = [r for r in records if r["suite"] == suite]
         if not rows:
@@ -840,6 +869,9 @@ def run(args: argparse.Namespace) -> int:
     if "scale" in args.suites:
         print("serving past one process ...", file=sys.stderr)
         records += run_scale(bench_dir, args.quick, threads)
+    if "features" in args.suites:
+        print("item features ...", file=sys.stderr)
+        records += run_features(bench_dir, args.quick, threads)
     wall = time.perf_counter() - t0
     env["wall_s"] = round(wall, 1)
     env["loadavg_end"] = _loadavg()

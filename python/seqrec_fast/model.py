@@ -597,11 +597,8 @@ class SessionRNN:
         support = np.bincount(items, minlength=N).astype(np.float64)
         schedule = session_parallel_schedule(items, train.offsets, p["batch_size"])
         if valid is not None and valid.n_items != N:
-            raise ValueError(
-                f"valid has an item map of {valid.n_items} items but the model has {N}; load it "
-                "with item_map=train (or item_map=model.item_ids_ when item features or warm_start "
-                "added items)"
-            )
+            # item features or a warm start extended the item map: map valid by its external ids
+            valid = valid.with_item_map(self.item_ids_)
         sampler = None
         if p["n_sample"] > 0 and not p["full_softmax"]:
             w = np.where(support > 0, np.maximum(support, 1e-12) ** p["sample_alpha"], 0.0)

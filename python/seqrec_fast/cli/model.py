@@ -79,6 +79,26 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
         help="stop after N epochs without a better validation MRR@20 and keep the best epoch's "
         "weights (needs --valid)",
     )
+    p.add_argument(
+        "--item-features",
+        metavar="TABLE",
+        default=None,
+        help="item feature table (Parquet, or .csv/.tsv): one row per item, an id column and feature "
+        "columns; items with features but no events become cold-start items",
+    )
+    p.add_argument("--item-features-id-column", metavar="NAME", default="ItemId",
+                   help="id column of --item-features (default: ItemId)")
+    p.add_argument("--item-features-categorical", metavar="COL", nargs="+", default=None,
+                   help="numeric columns of --item-features to one-hot encode")
+    p.add_argument(
+        "--warm-start",
+        metavar="MODEL",
+        default=None,
+        help="continue training this model file on TRAIN (weights and, when it was saved with "
+        "--save-optimizer-state, optimizer state); new items are appended",
+    )
+    p.add_argument("--save-optimizer-state", action="store_true",
+                   help="also save the optimizer state, for a later --warm-start")
     p.set_defaults(func=_cmd_train)
 
 
@@ -98,18 +118,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"progress": not args.quiet, "early_stopping": args.early_stopping}
     if args.quiet and "verbose" in inspect.signature(SessionRNN).parameters:
         extra["verbose"] = False  # per-epoch log lines, where the model has them
+    if args.item_features is not None:
+        _check_in_path(args.item_features, "item feature table")
+        extra.update(item_features=args.item_features,
+                     item_features_id_column=args.item_features_id_column,
+                     item_features_categorical=args.item_features_categorical)
     try:
-        model = SessionRNN(**params, **extra)
+        if args.warm_start is not None:
+            _check_in_path(args.warm_start, "model file")
+            model = SessionRNN.load(args.warm_start)
+            model.set_params(**params, **extra)
+        else:
+            model = SessionRNN(**params, **extra)
     except TypeError as e:
         raise CLIError(f"bad hyperparameters: {e}") from None
     t0 = time.perf_counter()
     try:
-        model.fit(train, valid)
+        if args.warm_start is not None:
+            model.fit(train, valid, warm_start=True)
+        else:
+            model.fit(train, valid)
     except FloatingPointError as e:
         raise CLIError(f"training diverged: {e}") from None
+    except ValueError as e:
+        if args.item_features is None and args.warm_start is None:
+            raise
+        raise CLIError(str(e)) from None
     seconds = time.perf_counter() - t0
     try:
-        model.save(args.out)
+        if args.save_optimizer_state:
+            model.save(args.out, optimizer_state=True)
+        else:
+            model.save(args.out)
     except OSError as e:
         raise CLIError(f"cannot write model file {args.out}: {e.strerror or e}") from None
 
