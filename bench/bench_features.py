@@ -170,12 +170,12 @@ def bench_serving(N: int = 40_000, f_dims=(64, 384), repeats: int = 200) -> list
         ids_f, ids_0 = mf.item_ids_[items], m0.item_ids_[items]
         state = {"i": 0}
 
-        def step(rec, ids):
+        def step(rec, ids, state=state):
             i = state["i"] = (state["i"] + 1) % len(ids)
             rec.recommend(i % 64, ids[i], k=K_TOP)
 
-        res = measure_interleaved({"features": lambda: step(rf, ids_f), "none": lambda: step(r0, ids_0)},
-                                  repeats=repeats, warmup=20, min_time=0.0, rounds=4)
+        fns = {"features": lambda a=rf, b=ids_f: step(a, b), "none": lambda a=r0, b=ids_0: step(a, b)}
+        res = measure_interleaved(fns, repeats=repeats, warmup=20, min_time=0.0, rounds=4)
         for name, r in res.items():
             out.append({"case": "serve_one_event", "N": N, "F_dim": Fd if name == "features" else 0,
                         "model_F_dim": Fd, "threads": 1, "k": K_TOP, "p50_us": r["median_s"] * 1e6,

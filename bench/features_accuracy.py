@@ -79,10 +79,10 @@ def rsc15_64(a, params, records):
     train = load(tr)
     test = load(d / "rsc15_64_test.tsv.gz", item_map=train)
     raw = pd.read_csv(tr, sep="\t", usecols=["ItemId", "CatId"])
-    cats = raw.groupby("ItemId")["CatId"].agg(lambda s: sorted(set(int(c) for c in s)))
+    cats = raw.groupby("ItemId")["CatId"].agg(lambda s: sorted({int(c) for c in s}))
     feats = pd.DataFrame({"ItemId": cats.index.to_numpy(), "CatId": list(cats.to_numpy())})
     print(f"rsc15_64: {train.n_events} train events, {train.n_items} items; CatId multi-hot over "
-          f"{len({c for v in feats.CatId for c in v})} values")
+          f"{len(set().union(*feats.CatId))} values")
     for variant, extra in (("no features", {}), ("CatId", {"item_features": feats})):
         rs, ms = [], []
         for seed in a.seeds:
@@ -111,7 +111,7 @@ def cold_split(n_sessions: int, n_items: int, seed: int, frac: float = 0.1):
     data = generate_sessions(n_sessions=n_sessions, n_items=n_items, seed=seed)
     feats = generate_item_features(n_items=n_items, seed=seed)
     rng = np.random.default_rng(seed + 1000)
-    held = np.sort(rng.choice(data.item_ids, size=int(round(frac * n_items)), replace=False))
+    held = np.sort(rng.choice(data.item_ids, size=round(frac * n_items), replace=False))
     first = data.times[data.offsets[:-1]]
     is_test = first >= first.max() - 86400.0
     frame = data.to_frame()

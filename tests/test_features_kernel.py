@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_train_kernel import BASE, B, N, clone, compare, make_chunk, make_model
-
 from seqrec_fast import _core
 from seqrec_fast import reference as ref
+from test_train_kernel import BASE, N, clone, compare, make_chunk, make_model
 
 FD = 6  # feature width: distinct from N=11, B=4, S=5 and the hidden sizes
 

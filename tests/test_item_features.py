@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from seqrec_fast.data import SessionData
 from seqrec_fast.features import FeatureEncoder
 from seqrec_fast.model import SessionRNN

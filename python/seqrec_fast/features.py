@@ -19,7 +19,8 @@ infinite numbers are refused: they would silently become a wrong item vector.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -88,7 +89,7 @@ class FeatureEncoder:
         self.columns_: list[dict] = []
 
     # -- fitting -----------------------------------------------------------------------------
-    def fit(self, df: pd.DataFrame) -> "FeatureEncoder":
+    def fit(self, df: pd.DataFrame) -> FeatureEncoder:
         """Learn the columns, kinds and categories of ``df`` (feature columns only)."""
         missing = [c for c in self.categorical if c not in df.columns]
         if missing:
@@ -209,7 +210,7 @@ class FeatureEncoder:
         return {"categorical": self.categorical, "columns": self.columns_}
 
     @classmethod
-    def from_json(cls, d: dict) -> "FeatureEncoder":
+    def from_json(cls, d: dict) -> FeatureEncoder:
         enc = cls(d.get("categorical"))
         enc.columns_ = [dict(c) for c in d["columns"]]
         for c in enc.columns_:
