@@ -349,7 +349,7 @@ class SessionRNN:
         if np.dtype(p["dtype"]) != dt:
             raise ValueError(f"warm_start cannot change dtype ({dt} -> {p['dtype']})")
         for name in ("cell", "embedding", "optimizer"):
-            was = self._fit_arch.get(name, p[name])
+            was = getattr(self, "_fit_arch", {}).get(name, p[name])
             if p[name] != was:
                 raise ValueError(f"warm_start cannot change {name} ({was!r} -> {p[name]!r})")
         if p["embedding"] == "separate" and p["embedding_dim"] != self.params_[
