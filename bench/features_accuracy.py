@@ -84,6 +84,8 @@ def rsc15_64(a, params, records):
     print(f"rsc15_64: {train.n_events} train events, {train.n_items} items; CatId multi-hot over "
           f"{len(set().union(*feats.CatId))} values")
     for variant, extra in (("no features", {}), ("CatId", {"item_features": feats})):
+        if variant not in a.rsc15_variants:
+            continue
         rs, ms = [], []
         for seed in a.seeds:
             m = SessionRNN(**params, **extra, seed=seed, num_threads=a.threads, progress=False,
@@ -180,6 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--cases", nargs="+", default=["rsc15_64", "cold"], choices=["rsc15_64", "cold"])
     p.add_argument("--config", default=str(ROOT / "configs" / "rsc15.toml"))
     p.add_argument("--quick", action="store_true", help="smaller synthetic log for the cold case")
+    p.add_argument("--rsc15-variants", nargs="+", default=["no features", "CatId"],
+                   choices=["no features", "CatId"], help="rsc15_64 variants to run")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of the config (e.g. n_epochs=5), for every case")
     a = p.parse_args(argv)
