@@ -498,7 +498,7 @@ def run_features(bench_dir: Path, quick: bool, threads=(1, 2)) -> list[dict]:
     steps, reps, sreps = (16, 3, 40) if quick else (128, 6, 300)
     out = []
     for r in bf.bench_train(threads, N=N, steps=steps, repeats=reps):
-        out.append(_rec("features", f"train_chunk F_dim={r['F_dim']}", "seqrec_fast C++", "other",
+        out.append(_rec("features", f"train_chunk F_dim={r['F_dim']} (events/s)", "seqrec_fast C++", "other",
                         r["threads"], {"N": N, "B": r["B"], "H": r["H"], "n_sample": r["n_sample"],
                                        "F_dim": r["F_dim"]},
                         median=r["events_per_s"], p10=r["events_per_s_p10"],
@@ -507,7 +507,7 @@ def run_features(bench_dir: Path, quick: bool, threads=(1, 2)) -> list[dict]:
                         relative_to_no_features=r["relative_to_no_features"],
                         validated="C++ vs NumPy reference trainer with features (float64)"))
     for r in bf.bench_serving(N=N, repeats=sreps):
-        out.append(_rec("features", f"serve one event top-{r['k']}",
+        out.append(_rec("features", f"serve one event top-{r['k']} (µs)",
                         "with features" if r["F_dim"] else "without features", "other", 1,
                         {"N": N, "F_dim": r["model_F_dim"]}, median=r["p50_us"], p10=r["p10_us"],
                         p90=r["p90_us"], unit="us", repeats=r["repeats"], pinned={"openmp": 1},
