@@ -499,8 +499,9 @@ def run_features(bench_dir: Path, quick: bool, threads=(1, 2)) -> list[dict]:
     out = []
     for r in bf.bench_train(threads, N=N, steps=steps, repeats=reps):
         out.append(_rec("features", f"train_chunk F_dim={r['F_dim']} (events/s)",
-                        "seqrec_fast C++", "other", r["threads"], {"N": N, "B": r["B"], "H": r["H"], "n_sample": r["n_sample"],
-                                       "F_dim": r["F_dim"]},
+                        "seqrec_fast C++", "other", r["threads"],
+                        {"N": N, "B": r["B"], "H": r["H"], "n_sample": r["n_sample"],
+                         "F_dim": r["F_dim"]},
                         median=r["events_per_s"], p10=r["events_per_s_p10"],
                         p90=r["events_per_s_p90"], unit="events/s", higher_is_better=True,
                         repeats=r["repeats"], pinned={"openmp": r["threads"]},
