@@ -40,8 +40,9 @@ from seqrec_fast.serving import Recommender  # noqa: E402
 from seqrec_fast.synthetic import generate_sessions  # noqa: E402
 
 B, H, S, K_TOP = 32, 100, 2048, 20
-CONFIG = dict(loss="cross-entropy", logq=1.0, sample_alpha=0.5, batch_size=B, optimizer="adagrad",
-              learning_rate=0.05, momentum=0.2, bpreg=0.0, elu_param=0.0)
+CONFIG = {"loss": "cross-entropy", "logq": 1.0, "sample_alpha": 0.5, "batch_size": B,
+          "optimizer": "adagrad", "learning_rate": 0.05, "momentum": 0.2, "bpreg": 0.0,
+          "elu_param": 0.0}
 F_DIMS = (0, 64, 384)
 
 
@@ -67,9 +68,9 @@ def train_case(N: int, Fd: int, steps: int, dtype=np.float32, seed: int = 0, H_:
     reset = (rng.random((steps, 1, B_)) < 0.2).astype(np.uint8)
     neg = rng.integers(0, N, (steps, 1, S_)).astype(np.int32)
     ls = np.log(rng.integers(1, 100, N)).astype(dtype)
-    return dict(params=params, s1=[np.zeros_like(p) for p in params],
-                s2=[np.zeros_like(p) for p in params], hidden=[np.zeros((B_, H_), dtype)], x=x,
-                y=y, reset=reset, neg=neg, ls=ls, F=F, steps=steps)
+    return {"params": params, "s1": [np.zeros_like(p) for p in params],
+            "s2": [np.zeros_like(p) for p in params], "hidden": [np.zeros((B_, H_), dtype)],
+            "x": x, "y": y, "reset": reset, "neg": neg, "ls": ls, "F": F, "steps": steps}
 
 
 def run_train(case: dict, nt: int, mod=_core):
@@ -122,8 +123,8 @@ def serving_models(N: int, Fd: int, seed: int = 0):
     data = generate_sessions(n_sessions=600, n_items=300, seed=seed)
     emb = rng.normal(size=(300, Fd)).astype(np.float32) / math.sqrt(Fd)
     feats = pd.DataFrame({"ItemId": data.item_ids, "emb": list(emb)})
-    kw = dict(layers=[H], n_sample=64, batch_size=32, n_epochs=1, progress=False, verbose=False,
-              num_threads=1, seed=seed)
+    kw = {"layers": [H], "n_sample": 64, "batch_size": 32, "n_epochs": 1, "progress": False,
+          "verbose": False, "num_threads": 1, "seed": seed}
     mf = SessionRNN(**kw, item_features=feats).fit(data)
     m0 = SessionRNN(**kw).fit(data)
     new_ids = np.arange(10_000, 10_000 + N - 300)

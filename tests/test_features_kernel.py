@@ -80,7 +80,7 @@ def test_reference_gradient_of_P_matches_finite_differences(embedding, full):
     gradient the reference applied to P, which must equal d loss / d P by central differences."""
     rng = np.random.default_rng(33)
     layers = (3,)
-    params, s1, s2, hidden, cstate, I0 = make_model(rng, "gru", embedding, layers, momentum=0.0)
+    params, s1, s2, hidden, _cstate, I0 = make_model(rng, "gru", embedding, layers, momentum=0.0)
     F, params, s1, s2 = with_features(rng, params, s1, s2, layers, np.float64)
     s2 = [None] * len(params)
     x, y, reset, negs, de, dh = make_chunk(rng, 1, 2, layers, I0, embedding, dropout=True,
@@ -98,7 +98,7 @@ def test_reference_gradient_of_P_matches_finite_differences(embedding, full):
         return res[0][0], ps[-1], st1[-1]
 
     P0 = params[-1]
-    loss0, P1, acc = run(P0)
+    _, P1, acc = run(P0)
     g = -np.sign(P1 - P0) * np.sqrt(acc)
     num = np.zeros_like(P0)
     eps = 1e-6
@@ -112,12 +112,13 @@ def test_reference_gradient_of_P_matches_finite_differences(embedding, full):
 
 
 def test_train_chunk_features_rejects_bad_input(rng):
-    params, s1, s2, hidden, cstate, I0 = make_model(rng, "gru", "constrained", (3,))
+    params, s1, s2, hidden, _cstate, I0 = make_model(rng, "gru", "constrained", (3,))
     F, params_f, s1f, s2f = with_features(rng, params, s1, s2, (3,), np.float64)
     x, y, reset, negs, _, _ = make_chunk(rng, 2, 1, (3,), I0, "constrained")
-    args = dict(cell="gru", embedding="constrained", params=params_f, state1=s1f, state2=s2f,
-                hidden=hidden, cell_state=None, x=x, y=y, reset=reset, neg=negs, drop_embed=None,
-                drop_hidden=None, log_support=None, config=dict(BASE))
+    args = {"cell": "gru", "embedding": "constrained", "params": params_f, "state1": s1f,
+            "state2": s2f, "hidden": hidden, "cell_state": None, "x": x, "y": y, "reset": reset,
+            "neg": negs, "drop_embed": None, "drop_hidden": None, "log_support": None,
+            "config": dict(BASE)}
     with pytest.raises(ValueError, match=r"features.*\(N, F_dim\)"):
         _core.train_chunk(**args, features=F[:-1])
     with pytest.raises(ValueError, match=r"P.*\(F_dim, H_L\)"):

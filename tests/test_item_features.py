@@ -13,8 +13,8 @@ from seqrec_fast.serving import Recommender
 from seqrec_fast.synthetic import generate_item_features, generate_sessions
 
 N_ITEMS = 300
-SMALL = dict(layers=[24], n_sample=64, batch_size=16, learning_rate=0.1, momentum=0.1,
-             n_epochs=2, progress=False, verbose=False, num_threads=1, seed=3)
+SMALL = {"layers": [24], "n_sample": 64, "batch_size": 16, "learning_rate": 0.1, "momentum": 0.1,
+         "n_epochs": 2, "progress": False, "verbose": False, "num_threads": 1, "seed": 3}
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -84,7 +84,7 @@ class FeatureEncoder:
         Columns to one-hot encode even though their dtype is numeric (e.g. an integer category id).
     """
 
-    def __init__(self, categorical: Optional[Sequence[str]] = None):
+    def __init__(self, categorical: Sequence[str] | None = None):
         self.categorical = list(categorical or [])
         self.columns_: list[dict] = []
 

@@ -159,7 +159,7 @@ class SessionRNN:
         chunk_steps: int = 256,
         item_features: Any = None,
         item_features_id_column: str = "ItemId",
-        item_features_categorical: Optional[Sequence[str]] = None,
+        item_features_categorical: Sequence[str] | None = None,
     ):
         self.cell = cell
         self.layers = layers
@@ -395,8 +395,8 @@ class SessionRNN:
         mapping[new] = N_old + np.arange(int(new.sum()))
         return mapping[train.items].astype(np.int32)
 
-    def _append_items(self, ids: np.ndarray, F_rows: Optional[np.ndarray],
-                      rng: Optional[np.random.Generator], fresh: bool) -> None:
+    def _append_items(self, ids: np.ndarray, F_rows: np.ndarray | None,
+                      rng: np.random.Generator | None, fresh: bool) -> None:
         """Append items to every item table and its optimizer state. W_y rows: Glorot-fresh when
         ``fresh`` (no features), else 0 (the vector comes from F·P); b_y 0; E_in / one-hot W_x
         rows fresh (``rng``) or 0. Everything is built first, then swapped in."""
@@ -439,7 +439,7 @@ class SessionRNN:
         self._item_map = None
         self._params_changed()
 
-    def add_items(self, ids: Sequence, features: Any = None) -> "SessionRNN":
+    def add_items(self, ids: Sequence, features: Any = None) -> SessionRNN:
         """Add items to the fitted model without retraining; returns ``self``.
 
         Parameters
