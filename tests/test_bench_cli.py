@@ -223,3 +223,18 @@ def test_evaluation_agreement_check_fails_on_wrong_ranks():
     wrong[:5] += 1
     with pytest.raises(AssertionError, match="disagrees"):
         be.check_agreement("off", 1, R(wrong), R(ref_ranks))
+
+
+def test_contention_rows_render_with_their_thread_ratio():
+    R = []
+    for mode, side, rates in (("quiet", "seqrec_fast C++, quiet", (10_000.0, 17_000.0)),
+                              ("busy", "seqrec_fast C++, beside 1 busy process", (9_000.0, 9_900.0))):
+        for nt, rate in zip((1, 2), rates):
+            R.append(bench._rec("contention", "train (events/s)", side, "other", nt, {"B": 32, "H": 100},
+                                median=rate, p10=rate, p90=rate, unit="events/s", higher_is_better=True,
+                                repeats=3, mode=mode, ratio_vs_1_thread=rate / rates[0]))
+    md = bench.render_markdown(R, ENV)
+    assert "## Threads beside a busy process" in md
+    assert "| train (events/s) | seqrec_fast C++, quiet | 1.70 |" in md
+    assert "| train (events/s) | seqrec_fast C++, beside 1 busy process | 1.10 |" in md
+    assert "contention" in bench.SUITES

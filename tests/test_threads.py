@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from seqrec_fast import threads
 from seqrec_fast.model import SessionRNN
 from seqrec_fast.threads import cgroup_cpu_limit, default_num_threads

@@ -1444,6 +1444,24 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
   m.def("cpu_supports", &cpu_supports, py::arg("feature"),
         "Whether this CPU supports an x86 feature ('avx2', 'fma', 'f16c', 'avx512f', ...).");
   m.def("max_threads", &max_threads, "OpenMP's default thread count (1 without OpenMP).");
+  // Thread policy of every kernel's parallel loop (parallel.h; issue 14).
+  m.def("parallel_backend", &seqrec::parallel_backend,
+        "'pool' (the work-claiming pool, default) or 'openmp' (SEQREC_PARALLEL=openmp).");
+  m.def("set_parallel_backend", [](const std::string& name) {
+          if (!seqrec::set_parallel_backend(name)) {
+            throw py::value_error("parallel backend must be 'pool'" +
+                                  std::string(seqrec::have_openmp() ? " or 'openmp'" : "") +
+                                  ", got '" + name + "'");
+          }
+        }, py::arg("name"), "Select the backend of every parallel loop (process-wide).");
+  m.def("pool_spin_us", []() { return seqrec::detail::Pool::instance().spin_us(); },
+        "How long (µs) an idle pool thread spins before it sleeps (SEQREC_SPIN_US, default 20).");
+  m.def("set_pool_spin_us", [](long us) {
+          if (us < 0) throw py::value_error("spin_us must be >= 0, got " + std::to_string(us));
+          seqrec::detail::Pool::instance().set_spin_us(us);
+        }, py::arg("us"), "Set how long (µs) idle pool threads spin before they sleep.");
+  m.def("pool_workers", []() { return seqrec::detail::Pool::instance().workers(); },
+        "Worker threads the pool has started (the calling thread is not counted).");
   m.def("eigen_simd", []() { return std::string(Eigen::SimdInstructionSetsInUse()); },
         "The SIMD instruction sets Eigen was compiled for.");
   py::options opts;

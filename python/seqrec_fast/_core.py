@@ -12,7 +12,19 @@ from __future__ import annotations
 import os
 from importlib import import_module
 
-from . import _core_generic
+# Threads (issue 14). Every kernel's parallel loop runs on the library's own work-claiming pool
+# (cpp/include/seqrec/parallel.h): the calling thread never waits for a thread that has not started,
+# and idle threads spin SEQREC_SPIN_US (default 20) microseconds, then sleep. SEQREC_PARALLEL=openmp
+# selects OpenMP regions instead; then libgomp must wait passively, or 2 threads beside one busy
+# process train ~20x slower than 1 (measured: docs/results.md). libgomp reads its wait policy once,
+# when it is loaded with the kernel module below, so it is set here, before the import, unless the
+# user set OMP_WAIT_POLICY or GOMP_SPINCOUNT themselves.
+if os.environ.get("SEQREC_PARALLEL", "").strip().lower() == "openmp" and not (
+    os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT")
+):
+    os.environ["OMP_WAIT_POLICY"] = "passive"
+
+from . import _core_generic  # noqa: E402
 
 # Each variant and the CPU features it was compiled for (see CMakeLists.txt).
 _REQUIRES = {

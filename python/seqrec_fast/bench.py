@@ -1,8 +1,10 @@
 """``seqrec bench``: the comparison matrix (C++ core vs the NumPy reference vs PyTorch) in one command.
 
 Runs the repository's benchmark scripts (``bench/bench_kernels.py``, ``bench/bench_train.py``,
-``bench/bench_evaluate.py``, ``bench/bench_serving.py``, ``bench/bench_rank.py``; every case there is validated against the NumPy
-reference before it is timed) and writes, into ``--out`` (default ``bench/results/report/``):
+``bench/bench_evaluate.py``, ``bench/bench_serving.py``, ``bench/bench_rank.py``,
+``bench/bench_contention.py``; every case there is validated against the NumPy reference, or for the
+contention suite against the quiet run, before it is timed) and writes, into ``--out`` (default
+``bench/results/report/``):
 
 - ``records.jsonl``: one record per case and side (commit, date, CPU model, cores, the OpenMP / BLAS
   thread pools seen by threadpoolctl, the thread count pinned on that side, sizes, dtype, median,
@@ -59,7 +61,7 @@ SERVING_SIZES_QUICK = (3_000, 40_000)
 SERVING_SIZES_FULL = (3_000, 40_000, 100_000, 1_000_000)
 
 
-SUITES = ("kernels", "train", "evaluation", "serving", "ranking", "scale", "features")
+SUITES = ("kernels", "train", "evaluation", "serving", "ranking", "scale", "features", "contention")
 
 FOREIGN_LOAD_FLAG = 0.25
 NOISY_SPREAD = 1.5
@@ -538,6 +540,28 @@ def run_evaluation(bench_dir: Path, quick: bool, torch_side: bool, threads=(1, 2
 
 
 # ---------------------------------------------------------------------------------------------------
+# threads beside a busy process (issue 14)
+# ---------------------------------------------------------------------------------------------------
+def run_contention(bench_dir: Path, quick: bool, threads=(1, 2)) -> list[dict]:
+    """Training, evaluation and serving at 1 and 2 threads, quiet and beside a busy-looping process
+    (bench/bench_contention.py: the competitor is always killed; every busy result is checked to be
+    bit-identical to the quiet one at the same thread count)."""
+    bc = _import_bench(bench_dir, "bench_contention")
+    rows = bc.measure(bc.CASES, quick, repeats=2 if quick else 5, threads=tuple(threads))
+    out = []
+    for r in rows:
+        med, p10, p90 = _quantiles(r["samples"])
+        side = ("seqrec_fast C++, quiet" if r["mode"] == "quiet"
+                else "seqrec_fast C++, beside 1 busy process")
+        out.append(_rec("contention", f"{r['case']} ({r['unit']})", side, "other", r["threads"],
+                        {k: v for k, v in r["sizes"].items() if k != "data"}, median=med, p10=p10,
+                        p90=p90, unit=r["unit"], higher_is_better=True, repeats=r["repeats"],
+                        pinned={"seqrec": r["threads"]}, mode=r["mode"],
+                        ratio_vs_1_thread=r["ratio_vs_1"], validated=r["validated"]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
 # report writing (pure functions of the records; tested on fake records)
 # ---------------------------------------------------------------------------------------------------
 def write_jsonl(records: Iterable[dict], path: os.PathLike | str, env: Optional[dict] = None) -> Path:
@@ -652,7 +676,8 @@ def render_markdown(records: Sequence[dict], env: Optional[dict] = None,
               "serving": "Serving",
               "ranking": "Ranking a candidate list (H = 100, N = 40k, 1 thread)",
               "scale": "Serving past one process (session store, fused kernel vs bare product)",
-              "features": "Item features (training cost against none; serving with F·P folded)"}
+              "features": "Item features (training cost against none; serving with F·P folded)",
+              "contention": "Threads beside a busy process (1 against 2 threads)"}
     for suite in SUITES:
         rows = [r for r in records if r["suite"] == suite]
         if not rows:
@@ -674,6 +699,11 @@ def render_markdown(records: Sequence[dict], env: Optional[dict] = None,
                      f"| {_fmt_val(r['p10'], u)} | {_fmt_val(r['p90'], u)} "
                      f"| {r['repeats']} | {_ratio(r, 'speedup_vs_numpy')} | {_ratio(r, 'speedup_vs_torch')} |")
         L.append("")
+        if suite == "contention":
+            L += ["| case | machine | 2 threads / 1 thread |", "|---|---|---:|"]
+            L += [f"| {r['case']} | {r['side']} | {r['ratio_vs_1_thread']:.2f} |" for r in rows
+                  if r["threads"] > 1 and "ratio_vs_1_thread" in r]
+            L.append("")
     if plots:
         L += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     return "\n".join(L)
@@ -873,6 +903,9 @@ def run(args: argparse.Namespace) -> int:
     if "features" in args.suites:
         print("item features ...", file=sys.stderr)
         records += run_features(bench_dir, args.quick, threads)
+    if "contention" in args.suites:
+        print("threads beside a busy process ...", file=sys.stderr)
+        records += run_contention(bench_dir, args.quick, threads)
     wall = time.perf_counter() - t0
     env["wall_s"] = round(wall, 1)
     env["loadavg_end"] = _loadavg()
