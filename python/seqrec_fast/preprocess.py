@@ -29,7 +29,13 @@ instead of their last.
 ``loo`` -- leave-one-out for user histories: per user, the last item is the test target and the
 second-to-last the validation target (users need >= 2 events for a test target and >= 3 for a
 validation target; shorter histories stay in training). Test/validation files hold the *whole* history
-(inputs plus target); evaluate them with ``targets="last"``.
+(inputs plus target); evaluate them with ``targets="last"`` (CLI: ``seqrec evaluate --protocol loo
+--exclude-history``, which also removes the history items from the ranking as S3-Rec / ICLRec do).
+``max_history`` (e.g. 50 or 200, SASRec's ``maxlen``) keeps only the last ``max_history + 1`` events
+of each *training* history (``max_history`` predictions each); test and validation files keep the
+whole history (the evaluation feeds the last ``max_history`` items with ``max_history=`` but excludes
+the whole history). The published S3-Rec / ICLRec figures train on ``train_tr`` (each history without
+its last two items), select on ``train_valid`` and report ``test`` with that same model.
 """
 
 from __future__ import annotations
@@ -267,8 +273,15 @@ def _split_2023(df: pd.DataFrame, test_days: float, valid_days: float, min_sessi
             train_tr.reset_index(drop=True), valid.reset_index(drop=True))
 
 
-def leave_one_out(data: SessionData) -> dict[str, pd.DataFrame]:
+def leave_one_out(data: SessionData, max_history: int | None = None) -> dict[str, pd.DataFrame]:
     """Leave-one-out split of user histories (see the module docstring).
+
+    Parameters
+    ----------
+    data : SessionData
+        One "session" per user, events in time (or file) order.
+    max_history : int, optional
+        Keep only the last ``max_history + 1`` events of each training history.
 
     Returns
     -------
@@ -295,9 +308,22 @@ def leave_one_out(data: SessionData) -> dict[str, pd.DataFrame]:
         train = frame[~(last & in_eval)].reset_index(drop=True)
         return train, frame[in_eval].reset_index(drop=True)
 
+    if max_history is not None and (
+        not isinstance(max_history, (int, np.integer)) or isinstance(max_history, bool)
+        or max_history < 1
+    ):
+        raise ValueError(f"max_history must be a positive int or None, got {max_history!r}")
+
+    def clip(frame: pd.DataFrame) -> pd.DataFrame:
+        if max_history is None:
+            return frame
+        from_end = frame.groupby("SessionId", sort=False).cumcount(ascending=False).to_numpy()
+        return frame[from_end <= max_history].reset_index(drop=True)
+
     train_full, test = split(df)
     train_tr, valid = split(train_full)
-    return {"train_full": train_full, "test": test, "train_tr": train_tr, "train_valid": valid}
+    return {"train_full": clip(train_full), "test": test, "train_tr": clip(train_tr),
+            "train_valid": valid}
 
 
 def prepare(
@@ -310,6 +336,7 @@ def prepare(
     min_session_length: int = 2,
     session_gap: float | None = None,
     split_by: str = "end",
+    max_history: int | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Run a preprocessing protocol.
 
@@ -324,6 +351,8 @@ def prepare(
         Idle gap in seconds to sessionise a user log first (rsc15 protocols only).
     split_by : {"end", "start"}
         Which session time decides the split.
+    max_history : int, optional
+        ``loo`` only: training histories keep their last ``max_history + 1`` events.
 
     Returns
     -------
@@ -335,7 +364,9 @@ def prepare(
     if protocol == "loo":
         if not isinstance(data, SessionData):
             data = SessionData.from_events(data["SessionId"], data["ItemId"], data.get("Time"))
-        return leave_one_out(data)
+        return leave_one_out(data, max_history=max_history)
+    if max_history is not None:
+        raise ValueError(f"max_history applies to protocol 'loo' only, not {protocol!r}")
     if isinstance(data, SessionData):
         if data.times is None:
             raise ValueError(

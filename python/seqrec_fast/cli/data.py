@@ -86,6 +86,14 @@ def _register_data(sub: argparse._SubParsersAction) -> None:
         default=2,
         help="minimum session length (default: 2)",
     )
+    pp.add_argument(
+        "--max-history",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="loo only: keep the last N+1 events of each training history (e.g. 50 or 200 as "
+        "SASRec); test/valid files keep whole histories (see seqrec evaluate --max-history)",
+    )
     pp.add_argument("--session-key", default=None, help="session (or user) column name")
     pp.add_argument("--item-key", default=None, help="item column name")
     pp.add_argument("--time-key", default=None, help="time column name")
@@ -127,6 +135,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
         min_session_length=args.min_session_length,
         session_gap=args.session_gap,
         split_by=args.split_by,
+        max_history=args.max_history,
     )
     prefix = args.prefix
     if prefix is None:
