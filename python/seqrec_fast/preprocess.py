@@ -61,6 +61,7 @@ __all__ = [
     "sessionize",
     "split_by_time",
     "stats",
+    "tail_split",
     "write_splits",
 ]
 
@@ -324,6 +325,57 @@ def leave_one_out(data: SessionData, max_history: int | None = None) -> dict[str
     train_tr, valid = split(train_full)
     return {"train_full": clip(train_full), "test": test, "train_tr": clip(train_tr),
             "train_valid": valid}
+
+
+def tail_split(data: SessionData, size: int, by: str = "sessions") -> dict[str, pd.DataFrame]:
+    """Validation split for a fixed train/test benchmark: the last part of the training data.
+
+    The sessions are taken in the order ``data`` stores them: by first-event time for logs with
+    times, file order for files without (the SR-GNN / GCE-GNN session files are chronological). The
+    tail becomes ``train_valid``, the rest ``train_tr``; tune on them, then train on the whole file
+    and report the test.
+
+    Parameters
+    ----------
+    data : SessionData
+        The benchmark's training file.
+    size : int
+        Size of the validation part: a number of sessions (``by="sessions"``) or of predictions,
+        i.e. events after the first of each session (``by="events"``: the shortest tail holding at
+        least that many). Use the test file's ``n_sessions`` (or its number of predictions) to make
+        the validation part as large as the test.
+    by : {"sessions", "events"}
+
+    Returns
+    -------
+    dict of DataFrame
+        ``train_tr`` and ``train_valid`` (columns SessionId, ItemId, Time; Time is the data's time
+        or, without times, the event's index in the file order).
+    """
+    if not isinstance(data, SessionData):
+        raise TypeError(f"tail_split expects a SessionData, got {type(data).__name__}")
+    if by not in ("sessions", "events"):
+        raise ValueError(f"by must be 'sessions' or 'events', got {by!r}")
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    n = data.n_sessions
+    if by == "sessions":
+        k = int(size)
+    else:
+        preds_from_end = np.cumsum(np.maximum(data.session_lengths - 1, 0)[::-1])
+        k = int(np.searchsorted(preds_from_end, size) + 1)
+    if k >= n:
+        raise ValueError(
+            f"a validation tail of {size} {by} needs {k} of the {n} training sessions; nothing "
+            "would be left to train on"
+        )
+    df = data.to_frame()
+    if "Time" not in df:
+        df["Time"] = np.arange(len(df), dtype=np.float64)
+    sess = data.session_index()[data.items >= 0]
+    valid = sess >= n - k
+    return {"train_tr": df[~valid].reset_index(drop=True),
+            "train_valid": df[valid].reset_index(drop=True)}
 
 
 def prepare(
