@@ -245,6 +245,7 @@ def test_cli_prepare_then_evaluate_loo(tmp_path: Path, capsys) -> None:
     assert "exclude_history=True" in printed
     r = json.loads(res.read_text())
     assert r["n_events"] == 150 and r["targets"] == "last" and r["exclude_history"] is True
+    assert r["unknown_targets"] == "miss"  # loo: an unknown last item is a miss, never dropped
     for k in ("hitrate@10", "hitrate@20", "ndcg@10", "ndcg@20"):
         assert 0.0 <= r[k] <= 1.0
     assert r["hitrate@20"] > 0.5  # the deterministic successor structure is learnable

@@ -119,9 +119,10 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--unknown-targets",
         choices=UNKNOWN_TARGET_MODES,
-        default="drop",
+        default=None,
         help="test items unknown to training: drop them (GRU4Rec) or count them as misses "
-        "(SR-GNN papers) (default: drop)",
+        "(SR-GNN papers) (default: drop; miss with --protocol loo, where dropping an unknown "
+        "last item would make the previous item the target)",
     )
     p.add_argument(
         "--targets",
@@ -175,7 +176,8 @@ def eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "cutoffs": args.cutoffs,
         "tie_mode": args.tie_mode,
-        "unknown_targets": args.unknown_targets,
+        "unknown_targets": args.unknown_targets
+        or ("miss" if args.protocol == "loo" else "drop"),
         "batch_size": args.batch_size,
         "targets": targets,
         "exclude_history": bool(args.exclude_history),
