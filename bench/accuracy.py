@@ -1,6 +1,16 @@
 """Accuracy against the official GRU4Rec figures, on the same files, over several seeds.
 
     python bench/accuracy.py [--seeds 1 2 3] [--threads 2] [--datasets rsc15_100k rsc15_64]
+    python bench/accuracy.py --benchmarks s3rec_beauty yoochoose1_64_srgnn [--split valid|test]
+
+``--benchmarks`` runs the published-benchmark rows of issue 15 instead, each with its own
+``configs/<name>.toml``: the session benchmarks (SR-GNN protocol: all items ranked, unknown targets
+are misses, conservative ties; Recall@20 / MRR@20) and the user-history ones (leave-one-out, full
+ranking with the user's history removed, max history 50: HR@10/20, NDCG@10/20), printing mean and
+spread over the seeds with training seconds, beside the published figure. ``--split valid`` trains
+on the validation training part (session files: the tail of the training file as large as the
+test, ``preprocess.tail_split``; user histories: all but the last two items) and evaluates on the
+validation targets; ``--split test`` (default) trains on the whole training part and reports test.
 
 Trains SessionRNN with the official RSC15 setting (configs/rsc15.toml) on train_full and evaluates on
 test with conservative full ranking (DESIGN.md §3.4), printing every run and the mean against the
@@ -36,13 +46,112 @@ DATASETS = {
 }
 
 
+# name: (kind, folder, train file, test file, published figure, its source)
+BENCHMARKS = {
+    "yoochoose1_64_srgnn": ("session", "yoochoose1_64_srgnn", "train_sessions.txt.gz",
+                            "test_sessions.txt.gz", {"recall@20": 0.7057, "mrr@20": 0.3094},
+                            "SR-GNN (Wu et al., AAAI 2019), Table 2"),
+    "tmall_gcegnn": ("session", "tmall_gcegnn", "train_sessions.txt.gz", "test_sessions.txt.gz",
+                     None, "GCE-GNN (Wang et al., SIGIR 2020) Tmall table; not verified here"),
+    "retailrocket_cgenet": ("session", "retailrocket_cgenet", "train_sessions.txt.gz",
+                            "test_sessions.tsv.gz", None,
+                            "CGENet / GCE-GNN figure for this split: not checked here"),
+    "s3rec_beauty": ("loo", "s3rec_seq", "Beauty.txt.gz", None,
+                     {"hitrate@20": 0.1058, "ndcg@20": 0.0483}, "ICLRec README (full ranking)"),
+    "s3rec_sports": ("loo", "s3rec_seq", "Sports_and_Outdoors.txt.gz", None,
+                     {"hitrate@20": 0.0646, "ndcg@20": 0.0291}, "ICLRec README (full ranking)"),
+    "s3rec_toys": ("loo", "s3rec_seq", "Toys_and_Games.txt.gz", None,
+                   {"hitrate@20": 0.1138, "ndcg@20": 0.0557}, "ICLRec README (full ranking)"),
+    "s3rec_yelp": ("loo", "s3rec_seq", "Yelp.txt.gz", None,
+                   {"hitrate@20": 0.0659, "ndcg@20": 0.0270}, "ICLRec README (full ranking)"),
+}
+MAX_HISTORY = 50
+
+
+def _benchmark_data(name: str, split: str):
+    """(train, eval data, evaluate() keywords, metric keys) of one benchmark row."""
+    from seqrec_fast.data import SessionData
+    from seqrec_fast.preprocess import leave_one_out, tail_split
+
+    kind, folder, train_file, test_file, _, _ = BENCHMARKS[name]
+    d = DATA / folder
+    if kind == "session":
+        full = load(d / train_file)
+        test = load(d / test_file)
+        if split == "valid":
+            sp = tail_split(full, test.n_sessions)
+            fr = sp["train_tr"]
+            train = SessionData.from_events(fr["SessionId"], fr["ItemId"], fr["Time"])
+            va = sp["train_valid"]
+            ev = SessionData.from_events(va["SessionId"], va["ItemId"], va["Time"], item_map=train,
+                                         keep_unknown=True)
+        else:
+            train = full
+            ev = load(d / test_file, item_map=train, keep_unknown=True)
+        kw = {"unknown_targets": "miss", "cutoffs": (10, 20)}
+        return train, ev, kw, ("recall@20", "mrr@20", "recall@10", "mrr@10")
+    sp = leave_one_out(load(d / train_file))
+    fr = sp["train_tr"]
+    train = SessionData.from_events(fr["SessionId"], fr["ItemId"], fr["Time"])
+    te = sp["train_valid" if split == "valid" else "test"]
+    ev = SessionData.from_events(te["SessionId"], te["ItemId"], te["Time"], item_map=train,
+                                 keep_unknown=True)
+    kw = {"targets": "last", "exclude_history": True, "max_history": MAX_HISTORY,
+          "unknown_targets": "miss", "cutoffs": (10, 20)}
+    return train, ev, kw, ("hitrate@10", "hitrate@20", "ndcg@10", "ndcg@20")
+
+
+def run_benchmarks(names, split: str, seeds, threads: int) -> list:
+    records = []
+    for name in names:
+        cfg = ROOT / "configs" / f"{name}.toml"
+        if not cfg.exists():
+            print(f"{name}: {cfg} not found, skipped")
+            continue
+        if not (DATA / BENCHMARKS[name][1]).exists():
+            print(f"{name}: data folder not found, skipped")
+            continue
+        params = load_config(str(cfg))
+        params.pop("num_threads", None)
+        params.pop("seed", None)
+        train, ev, kw, keys = _benchmark_data(name, split)
+        vals = {k: [] for k in keys}
+        fits = []
+        for seed in seeds:
+            m = SessionRNN(**params, seed=seed, num_threads=threads, progress=False, verbose=False)
+            t0 = time.perf_counter()
+            m.fit(train)
+            fits.append(time.perf_counter() - t0)
+            res = evaluate(m, ev, tie_mode="conservative", **kw)
+            for k in keys:
+                vals[k].append(float(res[k]))
+            print(f"{name} {split} seed {seed}: " + "  ".join(f"{k} {vals[k][-1]:.4f}" for k in keys)
+                  + f"  (fit {fits[-1]:.1f}s, {res.n_events} predictions)", flush=True)
+            records.append({"case": "accuracy_benchmark", "dataset": name, "split": split,
+                            "seed": seed, **{k: vals[k][-1] for k in keys}, "fit_s": fits[-1],
+                            "threads": threads, "params": params})
+        pub, src = BENCHMARKS[name][4], BENCHMARKS[name][5]
+        summary = "  ".join(f"{k} {np.mean(v):.4f} ± {np.std(v):.4f}" for k, v in vals.items())
+        print(f"{name} {split}, mean ± sd over {len(seeds)} seeds: {summary}; "
+              f"fit {np.mean(fits):.0f}s; published ({src}): {pub}")
+    return records
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--config", default=str(ROOT / "configs" / "rsc15.toml"))
+    p.add_argument("--benchmarks", nargs="+", choices=list(BENCHMARKS), default=None,
+                   help="run these published-benchmark rows (configs/<name>.toml) instead")
+    p.add_argument("--split", choices=("valid", "test"), default="test")
     a = p.parse_args(argv)
+    if a.benchmarks:
+        records = run_benchmarks(a.benchmarks, a.split, a.seeds, a.threads)
+        if records:
+            print(f"records appended to {write_records('accuracy', records)}")
+        return 0
     params = load_config(a.config)
     params.pop("num_threads", None)
     params.pop("seed", None)

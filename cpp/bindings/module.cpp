@@ -870,9 +870,12 @@ py::tuple train_chunk(const std::string& cell, const std::string& embedding, py:
 // ---------------------------------------------------------------------------------------------
 // Evaluation: rank counts of the targets against every item.
 
+const std::int32_t* parse_exclude(const Args& args, py::handle ex_, Index n, Index N, Index& m,
+                                  std::vector<py::array>& keep);
+
 template <class T>
 py::tuple score_rank_counts_impl(const Args& args, py::handle H_, py::handle W_, py::handle b_,
-                                 py::handle target_, int nt) {
+                                 py::handle target_, py::handle exclude_, int nt) {
   auto H = args.array<T>(H_, "H", {ANY, ANY}, "(n, D)");
   const Index n = H.shape(0), D = H.shape(1);
   auto W = args.array<T>(W_, "W_y", {ANY, D}, "(N, D)");
@@ -882,12 +885,14 @@ py::tuple score_rank_counts_impl(const Args& args, py::handle H_, py::handle W_,
   std::vector<py::array> keep;
   const std::int32_t* t = index_array(args, target_, "target", {n}, "(n,)", 0,
                                       static_cast<std::int32_t>(N), keep);
+  Index m_ex = 0;
+  const std::int32_t* ex = parse_exclude(args, exclude_, n, N, m_ex, keep);
   py::array_t<std::int64_t> gt(n), ge(n);
   {
     py::gil_scoped_release release;
     seqrec::FlushDenormals ftz;
     seqrec::score_rank_counts<T>(n, N, D, cptr<T>(H), cptr<T>(W), cptr<T>(b), t, gt.mutable_data(),
-                                 ge.mutable_data(), nt);
+                                 ge.mutable_data(), nt, ex, m_ex);
   }
   return py::make_tuple(gt, ge);
 }
@@ -898,7 +903,7 @@ seqrec::ItemTable parse_table(const Args& args, py::handle table_, py::handle sc
 // float32: the packed register-tiled kernel. W_y is either the (N, D) table (packed here, one pass
 // over it) or already packed by pack_table (what repeated callers such as evaluation pass).
 py::tuple score_rank_counts_f32(const Args& args, py::handle H_, py::handle W_, py::handle b_,
-                                py::handle target_, int nt) {
+                                py::handle target_, py::handle exclude_, int nt) {
   auto H = args.array<float>(H_, "H", {ANY, ANY}, "(n, D)");
   const Index n = H.shape(0), D = H.shape(1);
   std::vector<py::array> keep;
@@ -908,6 +913,8 @@ py::tuple score_rank_counts_f32(const Args& args, py::handle H_, py::handle W_, 
   }
   const std::int32_t* tg = index_array(args, target_, "target", {n}, "(n,)", 0,
                                        static_cast<std::int32_t>(t.N), keep);
+  Index m_ex = 0;
+  const std::int32_t* ex = parse_exclude(args, exclude_, n, t.N, m_ex, keep);
   py::array_t<std::int64_t> gt(n), ge(n);
   {
     py::gil_scoped_release release;
@@ -921,16 +928,22 @@ py::tuple score_rank_counts_f32(const Args& args, py::handle H_, py::handle W_, 
     }
     seqrec::rank_counts_packed<seqrec::TableKind::F32>(t, n, cptr<float>(H), tg, gt.mutable_data(),
                                                        ge.mutable_data(), nt);
+    if (ex) {
+      seqrec::exclude_rank_counts_packed<seqrec::TableKind::F32>(
+          t, n, cptr<float>(H), tg, ex, m_ex, gt.mutable_data(), ge.mutable_data(), nt);
+    }
   }
   return py::make_tuple(gt, ge);
 }
 
 py::tuple score_rank_counts(py::object H, py::object W_y, py::object b_y, py::object target,
-                            int num_threads) {
+                            int num_threads, py::object exclude) {
   Args a{"score_rank_counts"};
   const int nt = a.threads(num_threads);
-  if (dtype_of(a, H, "H") == DType::F32) return score_rank_counts_f32(a, H, W_y, b_y, target, nt);
-  return score_rank_counts_impl<double>(a, H, W_y, b_y, target, nt);
+  if (dtype_of(a, H, "H") == DType::F32) {
+    return score_rank_counts_f32(a, H, W_y, b_y, target, exclude, nt);
+  }
+  return score_rank_counts_impl<double>(a, H, W_y, b_y, target, exclude, nt);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1561,12 +1574,15 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
         "int32 (as step_topk), then rank_candidates of the new outputs against candidates (n, C).\n"
         "float32 or float64 (the dtype of W_y). Returns (idx, scores).");
   m.def("score_rank_counts", &score_rank_counts, py::arg("H"), py::arg("W_y"), py::arg("b_y"),
-        py::arg("target"), py::arg("num_threads") = 1,
+        py::arg("target"), py::arg("num_threads") = 1, py::arg("exclude") = py::none(),
         "Counts, per query, the items scoring above and at least the target's score.\n\n"
         "H (n, D) final hidden states; W_y (N, D), b_y (N,) the output table; target (n,) int32.\n"
         "For float32, W_y may also be pack_table(W_y) (callers that score many batches against one\n"
         "table pack it once). Scores y_j = H·W_y[j] + b_y[j] are computed in register tiles (never an\n"
         "(n, N) array); a NaN target score counts as the worst: gt = ge = N.\n"
+        "exclude: None or int32 (n, m) padded with -1: per query, items removed from the ranking\n"
+        "(not counted; duplicates count once; the target itself is always ranked), e.g. the items a\n"
+        "user interacted with before (leave-one-out evaluation). A NaN target then gets N - #removed.\n"
         "Returns (gt (n,) int64, ge (n,) int64).");
   m.def("loss_grad", &loss_grad, py::arg("R"), py::arg("pos"), py::arg("config"),
         py::arg("num_threads") = 1,

@@ -17,6 +17,15 @@ Unknown test items (not in the training item map, marked ``-1`` in the test :cla
   the known items only, so the next known target is predicted from the state after the last known item.
   A known target with no known item before it in its session cannot be scored and is also a miss. Hence
   ``n_events`` equals the sum of ``length - 1`` over the original sessions.
+
+Leave-one-out on user histories (``targets="last"``, see :func:`seqrec_fast.preprocess.leave_one_out`):
+only the last event of each test history is a prediction; the events before it are fed (without
+scoring, when the scorer has ``advance``). ``max_history`` feeds only the last that many items before
+the target (as SASRec's ``maxlen``). ``exclude_history=True`` removes the items of the user's history
+before the target from the ranking, as the S3-Rec / ICLRec evaluation does (it sets their scores to 0
+before the top-k): the history is the whole history, not only the fed part; a target the user already
+interacted with is then a miss (ICLRec zeroes its score too) and is counted in ``n_target_in_history``.
+The exclusion runs in the C++ rank-count kernel (``score_rank_counts(..., exclude=...)``).
 """
 
 from __future__ import annotations
@@ -69,9 +78,12 @@ class NextItemScorer(Protocol):
         of shape ``(len(slots), n_items)`` for the next event of each of those sessions."""
 
     # Optional fast path: a scorer may also define
-    #     score_counts(slots, items, targets) -> (n_greater, n_greater_equal)
+    #     score_counts(slots, items, targets, exclude=None) -> (n_greater, n_greater_equal)
     # which advances the sessions like ``score`` and returns the rank counts of ``targets`` directly
-    # (SessionRNN does this in C++). ``evaluate`` uses it when present.
+    # (SessionRNN does this in C++; ``exclude`` is None or int32 (n, m) padded with -1: items not
+    # counted), and
+    #     advance(slots, items) -> None
+    # which only advances (steps that predict nothing). ``evaluate`` uses them when present.
 
 
 @dataclass
@@ -109,6 +121,9 @@ class EvalResult:
     unknown_targets: str
     targets: str = "all"
     ranks: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    exclude_history: bool = False
+    n_target_in_history: int = 0
+    max_history: int | None = None
 
     @property
     def events_per_s(self) -> float:
@@ -132,6 +147,9 @@ class EvalResult:
             out["tie_mode"] = self.tie_mode
             out["unknown_targets"] = self.unknown_targets
             out["targets"] = self.targets
+            out["exclude_history"] = self.exclude_history
+            out["n_target_in_history"] = self.n_target_in_history
+            out["max_history"] = self.max_history
             out["by_position"] = self.by_position
         return out
 
@@ -149,6 +167,12 @@ class EvalResult:
             f"{self.n_unknown_targets}) dropped={self.n_dropped} tie_mode={self.tie_mode} "
             f"unknown_targets={self.unknown_targets}"
         )
+        if self.exclude_history or self.max_history is not None:
+            lines.append(
+                f"targets={self.targets} exclude_history={self.exclude_history} "
+                f"(targets seen before, counted as misses: {self.n_target_in_history}) "
+                f"max_history={self.max_history}"
+            )
         lines.append(f"time={self.seconds:.2f}s ({self.events_per_s:,.0f} events/s)")
         return "\n".join(lines)
 
@@ -243,6 +267,8 @@ def evaluate(
     engine: str = "local",
     address: str | None = None,
     workers: int | None = None,
+    exclude_history: bool = False,
+    max_history: int | None = None,
 ) -> EvalResult:
     """Next-item full-ranking evaluation of ``scorer`` on ``test``.
 
@@ -276,6 +302,12 @@ def evaluate(
         default: the Ray this process joined, else a local Ray.
     workers : int, optional
         With ``engine="ray"``: number of partitions (default: the cluster's CPUs / threads per task).
+    exclude_history : bool, default False
+        Remove the items of the session (user history) before each target from its ranking (S3-Rec /
+        ICLRec full-ranking protocol); a target that occurs in its history is a miss. Local engine.
+    max_history : int, optional
+        With ``targets="last"``: feed at most this many items before the target (the earliest are
+        skipped; the exclusion still uses the whole history). Local engine.
 
     Returns
     -------
@@ -292,18 +324,34 @@ def evaluate(
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 1):
         raise ValueError(f"workers must be None or a positive int, got {workers!r}")
+    if not isinstance(exclude_history, (bool, np.bool_)):
+        raise TypeError(f"exclude_history must be a bool, got {exclude_history!r}")
+    if max_history is not None:
+        if not isinstance(max_history, (int, np.integer)) or isinstance(max_history, bool) \
+                or max_history < 1:
+            raise ValueError(f"max_history must be a positive int or None, got {max_history!r}")
+        if targets != "last":
+            raise ValueError("max_history applies to targets='last' (leave-one-out) only; "
+                             f"got targets={targets!r}")
+    if engine != "local" and (exclude_history or max_history is not None):
+        raise ValueError("exclude_history and max_history need engine='local'")
     n_items = int(scorer.n_items)
     prep = prepare_test(test, n_items, unknown_targets, targets)
     t0 = time.perf_counter()
     if engine == "local":
-        n_gt, n_ge, scored = _count_ranks(scorer, prep.items, prep.offsets, batch_size)
+        n_gt, n_ge, scored, in_history = _count_ranks(
+            scorer, prep.items, prep.offsets, batch_size, prep.is_target, exclude_history,
+            max_history)
     else:
+        in_history = np.zeros(prep.items.size, dtype=bool)
         n_gt, n_ge, scored = _count_ranks_ray(scorer, prep.items, prep.offsets, batch_size,
                                               address, workers)
     seconds = time.perf_counter() - t0
 
     scored &= prep.is_target
     ranks_scored = ranks_from_counts(n_gt[scored], n_ge[scored], tie_mode)
+    seen_before = in_history[scored]
+    ranks_scored = np.where(seen_before, np.inf, ranks_scored)  # ICLRec: a seen target scores 0
     pos_scored = prep.positions[scored]
     ranks = np.concatenate((ranks_scored, np.full(prep.miss_positions.size, np.inf)))
     positions = np.concatenate((pos_scored, prep.miss_positions))
@@ -332,28 +380,43 @@ def evaluate(
         unknown_targets=unknown_targets,
         targets=targets,
         ranks=ranks,
+        exclude_history=bool(exclude_history),
+        n_target_in_history=int(seen_before.sum()),
+        max_history=None if max_history is None else int(max_history),
     )
 
 
 def _count_ranks(
-    scorer: NextItemScorer, items: np.ndarray, offsets: np.ndarray, batch_size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    scorer: NextItemScorer, items: np.ndarray, offsets: np.ndarray, batch_size: int,
+    is_target: np.ndarray | None = None, exclude_history: bool = False,
+    max_history: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Session-parallel counting over compressed sessions: per event, the items scoring above
     (n_gt) and at least (n_ge) its target, and whether it was scored (every event but the first of
-    each session). Returns (n_gt int64, n_ge int64, scored bool), each (len(items),)."""
+    each session, or only the ``is_target`` events when the scorer can ``advance`` without scoring).
+    ``exclude_history`` removes each target's earlier session items from its ranking and flags the
+    targets found among them; ``max_history`` starts each session that many items before its last.
+    Returns (n_gt int64, n_ge int64, scored bool, in_history bool), each (len(items),)."""
     n_items = int(scorer.n_items)
     n_sess = offsets.size - 1
     n_gt = np.zeros(items.size, dtype=np.int64)
     n_ge = np.zeros(items.size, dtype=np.int64)
     scored = np.zeros(items.size, dtype=bool)
+    in_history = np.zeros(items.size, dtype=bool)
+    if is_target is None:
+        is_target = np.ones(items.size, dtype=bool)
 
     fused = getattr(scorer, "score_counts", None)
+    advance = getattr(scorer, "advance", None)
     if n_sess > 0:
         lengths = np.diff(offsets)
+        # first position fed of each session: max_history keeps the last items before the target
+        skip = (np.zeros(n_sess, np.int64) if max_history is None
+                else np.maximum(lengths - 1 - int(max_history), 0))
         n_slots = int(min(batch_size, n_sess))
         scorer.start(n_slots)
         slot_sess = np.arange(n_slots, dtype=np.int64)
-        slot_pos = np.zeros(n_slots, dtype=np.int64)
+        slot_pos = skip[:n_slots].copy()
         active = np.ones(n_slots, dtype=bool)
         scorer.reset(np.arange(n_slots, dtype=np.int64))
         next_sess = n_slots
@@ -364,21 +427,43 @@ def _count_ranks(
             ev = offsets[slot_sess[act]] + slot_pos[act]
             inp = items[ev]
             tgt_ev = ev + 1
-            tgt = items[tgt_ev]
-            if fused is not None:
-                # the scorer counts ranks itself (C++), without an (n, n_items) score array
-                gt, ge = fused(act, inp, tgt)
+            need = is_target[tgt_ev]
+            if advance is not None and not need.all():
+                # steps that predict nothing (leave-one-out history) are only fed
+                advance(act[~need], inp[~need])
+                rows, inp, ev, tgt_ev = act[need], inp[need], ev[need], tgt_ev[need]
             else:
-                scores = scorer.score(act, inp)
-                if not isinstance(scores, np.ndarray) or scores.shape != (act.size, n_items):
-                    raise ValueError(
-                        f"{type(scorer).__name__}.score returned shape "
-                        f"{getattr(scores, 'shape', None)}; expected ({act.size}, {n_items})"
-                    )
-                gt, ge = rank_counts(scores, scores[np.arange(act.size), tgt])
-            n_gt[tgt_ev] = gt
-            n_ge[tgt_ev] = ge
-            scored[tgt_ev] = True
+                rows = act
+            if rows.size:
+                tgt = items[tgt_ev]
+                ex = None
+                if exclude_history:
+                    # the history before each target (inputs up to and including ev), padded with -1
+                    first = offsets[slot_sess[rows]]
+                    hist_len = ev - first + 1
+                    cols = np.arange(int(hist_len.max()), dtype=np.int64)
+                    inside = cols[None, :] < hist_len[:, None]
+                    ex = np.where(inside, items[np.minimum(first[:, None] + cols, items.size - 1)],
+                                  -1).astype(np.int32)
+                    in_history[tgt_ev] = (ex == tgt[:, None]).any(axis=1)
+                if fused is not None:
+                    # the scorer counts ranks itself (C++), without an (n, n_items) score array
+                    gt, ge = fused(rows, inp, tgt) if ex is None else fused(rows, inp, tgt, exclude=ex)
+                else:
+                    scores = scorer.score(rows, inp)
+                    if not isinstance(scores, np.ndarray) or scores.shape != (rows.size, n_items):
+                        raise ValueError(
+                            f"{type(scorer).__name__}.score returned shape "
+                            f"{getattr(scores, 'shape', None)}; expected ({rows.size}, {n_items})"
+                        )
+                    if ex is not None:
+                        scores = np.array(scores, dtype=np.float64)
+                        r, c = np.nonzero((ex >= 0) & (ex != tgt[:, None]))
+                        scores[r, ex[r, c]] = -np.inf
+                    gt, ge = rank_counts(scores, scores[np.arange(rows.size), tgt])
+                n_gt[tgt_ev] = gt
+                n_ge[tgt_ev] = ge
+                scored[tgt_ev] = True
             slot_pos[act] += 1
             done = act[slot_pos[act] + 1 >= lengths[slot_sess[act]]]
             if done.size:
@@ -386,11 +471,11 @@ def _count_ranks(
                 if k > 0:
                     new = done[:k]
                     slot_sess[new] = np.arange(next_sess, next_sess + k)
-                    slot_pos[new] = 0
+                    slot_pos[new] = skip[next_sess:next_sess + k]
                     scorer.reset(new)
                     next_sess += k
                 active[done[k:]] = False
-    return n_gt, n_ge, scored
+    return n_gt, n_ge, scored, in_history
 
 
 def _count_ranks_ray(
@@ -431,7 +516,7 @@ def _count_partition(scorer, items, offsets, batch_size):
     the stateful scorer; its arrays come from the object store as read-only views)."""
     import copy
 
-    return _count_ranks(copy.deepcopy(scorer), items, offsets, batch_size)
+    return _count_ranks(copy.deepcopy(scorer), items, offsets, batch_size)[:3]
 
 
 class _CallableModule(type(sys.modules[__name__])):

@@ -617,7 +617,8 @@ class SessionRNN:
                 logs["valid_mrr@20"] = float(res["mrr@20"])
             self.history_.append(logs)
             if p["verbose"]:
-                line = (f"epoch {epoch}/{p['n_epochs']}  loss {logs['loss']:.4f}  "
+                line = (f"epoch {epoch}/{p['n_epochs']}  loss {logs['loss']:.4f} "
+                        f"(GRU4Rec's average {logs['loss_gru4rec']:.4f})  "
                         f"{logs['seconds']:.1f}s  {logs['events_per_s']:,.0f} events/s")
                 if valid is not None:
                     line += f"  valid Recall@20 {logs['valid_recall@20']:.4f} MRR@20 {logs['valid_mrr@20']:.4f}"
@@ -668,6 +669,7 @@ class SessionRNN:
         S = p["n_sample"] if sampler is not None else 0
         meter = Throughput()
         loss_sum = 0.0
+        step_loss_sum = 0.0  # Σ over steps of (row-loss sum / batch_size): GRU4Rec's accumulator
         bar = None
         if p["progress"]:
             from tqdm.auto import tqdm
@@ -705,7 +707,8 @@ class SessionRNN:
                         f"{(k0 + done) * T + 1} of {n_win * T}; the update was not applied. "
                         "Lower learning_rate or check the data."
                     )
-                loss_sum += float(np.dot(losses, np.ones_like(losses))) * B
+                step_loss_sum += float(np.dot(losses, np.ones_like(losses)))
+                loss_sum = step_loss_sum * B
                 meter.add(int(counts.sum()))
                 if bar is not None:
                     bar.update(int(counts.sum()))
@@ -716,8 +719,11 @@ class SessionRNN:
                 bar.close()
         return {
             "epoch": epoch,
-            # mean loss per predicted event (equals GRU4Rec's epoch loss when batches are full)
+            # mean loss per predicted event
             "loss": loss_sum / max(meter.events, 1),
+            # the figure the official GRU4Rec prints: the mean over the epoch's steps of the step loss
+            # (row sum / batch_size), so the shrinking last batches pull it down (docs/loss.md)
+            "loss_gru4rec": step_loss_sum / max(schedule.n_steps, 1),
             "seconds": meter.seconds,
             "events": meter.events,
             "events_per_s": meter.rate,
@@ -795,16 +801,24 @@ class SessionRNN:
         scores += self.b_y_
         return scores.astype(np.float32, copy=False)
 
-    def score_counts(self, slots: np.ndarray, items: np.ndarray, targets: np.ndarray):
+    def score_counts(self, slots: np.ndarray, items: np.ndarray, targets: np.ndarray,
+                     exclude: np.ndarray | None = None):
         """Evaluation fast path: feed ``items`` like :meth:`score`, then count per row the items
-        scoring > and >= the row's target (C++, no (n, n_items) score array). Returns (gt, ge)."""
+        scoring > and >= the row's target (C++, no (n, n_items) score array). ``exclude``: None or
+        int32 (n, m) padded with -1, items not counted (e.g. the user's history). Returns (gt, ge)."""
         out = self._advance(slots, items)
         table = getattr(self, "_packed_Wy", None)
         if table is None:
             table = self.W_y_
+        if exclude is not None:
+            exclude = np.ascontiguousarray(exclude, dtype=np.int32)
         return _core.score_rank_counts(np.ascontiguousarray(out), table, self.b_y_,
                                        np.ascontiguousarray(targets, dtype=np.int32),
-                                       self._threads())
+                                       self._threads(), exclude)
+
+    def advance(self, slots: np.ndarray, items: np.ndarray) -> None:
+        """Feed ``items`` to ``slots`` without scoring (evaluation steps that predict nothing)."""
+        self._advance(slots, items)
 
     # -- convenience ----------------------------------------------------------------------------
     def _to_index(self, items) -> np.ndarray:

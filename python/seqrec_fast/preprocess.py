@@ -29,7 +29,13 @@ instead of their last.
 ``loo`` -- leave-one-out for user histories: per user, the last item is the test target and the
 second-to-last the validation target (users need >= 2 events for a test target and >= 3 for a
 validation target; shorter histories stay in training). Test/validation files hold the *whole* history
-(inputs plus target); evaluate them with ``targets="last"``.
+(inputs plus target); evaluate them with ``targets="last"`` (CLI: ``seqrec evaluate --protocol loo
+--exclude-history``, which also removes the history items from the ranking as S3-Rec / ICLRec do).
+``max_history`` (e.g. 50 or 200, SASRec's ``maxlen``) keeps only the last ``max_history + 1`` events
+of each *training* history (``max_history`` predictions each); test and validation files keep the
+whole history (the evaluation feeds the last ``max_history`` items with ``max_history=`` but excludes
+the whole history). The published S3-Rec / ICLRec figures train on ``train_tr`` (each history without
+its last two items), select on ``train_valid`` and report ``test`` with that same model.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ __all__ = [
     "sessionize",
     "split_by_time",
     "stats",
+    "tail_split",
     "write_splits",
 ]
 
@@ -267,8 +274,15 @@ def _split_2023(df: pd.DataFrame, test_days: float, valid_days: float, min_sessi
             train_tr.reset_index(drop=True), valid.reset_index(drop=True))
 
 
-def leave_one_out(data: SessionData) -> dict[str, pd.DataFrame]:
+def leave_one_out(data: SessionData, max_history: int | None = None) -> dict[str, pd.DataFrame]:
     """Leave-one-out split of user histories (see the module docstring).
+
+    Parameters
+    ----------
+    data : SessionData
+        One "session" per user, events in time (or file) order.
+    max_history : int, optional
+        Keep only the last ``max_history + 1`` events of each training history.
 
     Returns
     -------
@@ -295,9 +309,73 @@ def leave_one_out(data: SessionData) -> dict[str, pd.DataFrame]:
         train = frame[~(last & in_eval)].reset_index(drop=True)
         return train, frame[in_eval].reset_index(drop=True)
 
+    if max_history is not None and (
+        not isinstance(max_history, (int, np.integer)) or isinstance(max_history, bool)
+        or max_history < 1
+    ):
+        raise ValueError(f"max_history must be a positive int or None, got {max_history!r}")
+
+    def clip(frame: pd.DataFrame) -> pd.DataFrame:
+        if max_history is None:
+            return frame
+        from_end = frame.groupby("SessionId", sort=False).cumcount(ascending=False).to_numpy()
+        return frame[from_end <= max_history].reset_index(drop=True)
+
     train_full, test = split(df)
     train_tr, valid = split(train_full)
-    return {"train_full": train_full, "test": test, "train_tr": train_tr, "train_valid": valid}
+    return {"train_full": clip(train_full), "test": test, "train_tr": clip(train_tr),
+            "train_valid": valid}
+
+
+def tail_split(data: SessionData, size: int, by: str = "sessions") -> dict[str, pd.DataFrame]:
+    """Validation split for a fixed train/test benchmark: the last part of the training data.
+
+    The sessions are taken in the order ``data`` stores them: by first-event time for logs with
+    times, file order for files without (the SR-GNN / GCE-GNN session files are chronological). The
+    tail becomes ``train_valid``, the rest ``train_tr``; tune on them, then train on the whole file
+    and report the test.
+
+    Parameters
+    ----------
+    data : SessionData
+        The benchmark's training file.
+    size : int
+        Size of the validation part: a number of sessions (``by="sessions"``) or of predictions,
+        i.e. events after the first of each session (``by="events"``: the shortest tail holding at
+        least that many). Use the test file's ``n_sessions`` (or its number of predictions) to make
+        the validation part as large as the test.
+    by : {"sessions", "events"}
+
+    Returns
+    -------
+    dict of DataFrame
+        ``train_tr`` and ``train_valid`` (columns SessionId, ItemId, Time; Time is the data's time
+        or, without times, the event's index in the file order).
+    """
+    if not isinstance(data, SessionData):
+        raise TypeError(f"tail_split expects a SessionData, got {type(data).__name__}")
+    if by not in ("sessions", "events"):
+        raise ValueError(f"by must be 'sessions' or 'events', got {by!r}")
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    n = data.n_sessions
+    if by == "sessions":
+        k = int(size)
+    else:
+        preds_from_end = np.cumsum(np.maximum(data.session_lengths - 1, 0)[::-1])
+        k = int(np.searchsorted(preds_from_end, size) + 1)
+    if k >= n:
+        raise ValueError(
+            f"a validation tail of {size} {by} needs {k} of the {n} training sessions; nothing "
+            "would be left to train on"
+        )
+    df = data.to_frame()
+    if "Time" not in df:
+        df["Time"] = np.arange(len(df), dtype=np.float64)
+    sess = data.session_index()[data.items >= 0]
+    valid = sess >= n - k
+    return {"train_tr": df[~valid].reset_index(drop=True),
+            "train_valid": df[valid].reset_index(drop=True)}
 
 
 def prepare(
@@ -310,6 +388,7 @@ def prepare(
     min_session_length: int = 2,
     session_gap: float | None = None,
     split_by: str = "end",
+    max_history: int | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Run a preprocessing protocol.
 
@@ -324,6 +403,8 @@ def prepare(
         Idle gap in seconds to sessionise a user log first (rsc15 protocols only).
     split_by : {"end", "start"}
         Which session time decides the split.
+    max_history : int, optional
+        ``loo`` only: training histories keep their last ``max_history + 1`` events.
 
     Returns
     -------
@@ -335,7 +416,9 @@ def prepare(
     if protocol == "loo":
         if not isinstance(data, SessionData):
             data = SessionData.from_events(data["SessionId"], data["ItemId"], data.get("Time"))
-        return leave_one_out(data)
+        return leave_one_out(data, max_history=max_history)
+    if max_history is not None:
+        raise ValueError(f"max_history applies to protocol 'loo' only, not {protocol!r}")
     if isinstance(data, SessionData):
         if data.times is None:
             raise ValueError(

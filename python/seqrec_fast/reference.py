@@ -590,17 +590,31 @@ def train_chunk(
 # Evaluation kernel (twin of topk.h)
 
 
-def score_rank_counts(H, W_y, b_y, target, num_threads: int = 1):
+def score_rank_counts(H, W_y, b_y, target, num_threads: int = 1, exclude=None):
     """Per query, the number of items whose score ``H·W_y[j] + b_y[j]`` is > and >= the target's.
 
-    H (n, D); W_y (N, D); b_y (N,); target (n,) int. Returns (gt, ge), int64 (n,); a NaN target
-    score gives gt = ge = N.
+    H (n, D); W_y (N, D); b_y (N,); target (n,) int. exclude: None or int (n, m) padded with -1:
+    per query, items removed from the ranking (not counted; duplicates once; the target itself is
+    always ranked). Returns (gt, ge), int64 (n,); a NaN target score gives gt = ge = N − #removed.
     """
     S = H @ W_y.T + b_y
-    t = S[np.arange(len(target)), target][:, None]
-    gt, ge = (S > t).sum(axis=1).astype(np.int64), (S >= t).sum(axis=1).astype(np.int64)
+    n, N = S.shape
+    rows = np.arange(len(target))
+    t = S[rows, target][:, None]
+    above, at_least = S > t, S >= t
+    removed = np.zeros(n, np.int64)
+    if exclude is not None:
+        ex = np.asarray(exclude)
+        mask = np.zeros((n, N), bool)
+        r, c = np.nonzero(ex >= 0)
+        mask[r, ex[r, c]] = True
+        mask[rows, target] = False
+        above &= ~mask
+        at_least &= ~mask
+        removed = mask.sum(axis=1)
+    gt, ge = above.sum(axis=1).astype(np.int64), at_least.sum(axis=1).astype(np.int64)
     nan = np.isnan(t[:, 0])  # a NaN target score ranks last (as metrics.rank_counts)
-    gt[nan] = ge[nan] = W_y.shape[0]
+    gt[nan] = ge[nan] = N - removed[nan]
     return gt, ge
 
 

@@ -8,6 +8,10 @@
 // Parallel: over query blocks (each thread owns its buffer); deterministic for any thread count.
 // That Eigen-blocked version serves float64; float32 goes through rank_counts_packed (below): register
 // tiles against a packed table, no score buffer at all.
+// Both take an optional exclusion list per query (leave-one-out evaluation removes the items a user
+// interacted with before from the ranking): the distinct listed items other than the target are not
+// counted. The packed path subtracts their counts afterwards, from scores computed by the same
+// per-lane sum as the full pass (exclude_rank_counts_packed), so the correction is exact.
 // Also: topk_scores, the serving kernel: per query the K best items by score, with exclusions and
 // ties to the lower item index, fused with blocked scoring (no N-sized temporary per query; the
 // table is read once per query block). Every score is computed by the same fixed-order dot
@@ -36,12 +40,22 @@
 
 namespace seqrec {
 
+// The distinct items of exclusion row q (entries < 0 are padding) other than skip, sorted.
+inline void exclusion_set(const std::int32_t* row, Index m, std::int32_t skip,
+                          std::vector<std::int32_t>& out) {
+  out.clear();
+  for (Index e = 0; e < m; ++e) if (row[e] >= 0 && row[e] != skip) out.push_back(row[e]);
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+}
+
 // H (n, D) queries; W (N, D) item table; b (N) item bias; target (n) int32 in [0, N)
-// gt, ge (n) out: #items scoring > / >= the target
+// exclude (n, m) int32 in [−1, N), −1 = padding, or null: items not counted (the target never is)
+// gt, ge (n) out: #items scoring > / >= the target (among the items not excluded)
 template <class T>
 void score_rank_counts(Index n, Index N, Index D, const T* H, const T* W, const T* b,
                        const std::int32_t* target, std::int64_t* gt, std::int64_t* ge,
-                       int num_threads) {
+                       int num_threads, const std::int32_t* exclude = nullptr, Index m_ex = 0) {
   // Query block: enough rows to amortise streaming W, a buffer of at most ~4M scores.
   const Index qb = std::max<Index>(1, std::min<Index>(64, (Index(1) << 22) / std::max<Index>(N, 1)));
   const Index n_blocks = (n + qb - 1) / qb;
@@ -49,6 +63,7 @@ void score_rank_counts(Index n, Index N, Index D, const T* H, const T* W, const 
   CVecMap<T> bias(b, N);
   parallel_for(n_blocks, num_threads, [&](Index k0, Index k1) {
     MatR<T> S(qb, N);
+    std::vector<std::int32_t> ex;
     for (Index k = k0; k < k1; ++k) {
       const Index r0 = k * qb, m = std::min(qb, n - r0);
       auto Sm = S.topRows(m);
@@ -62,9 +77,18 @@ void score_rank_counts(Index n, Index N, Index D, const T* H, const T* W, const 
           g += s[j] > t;
           e += s[j] >= t;
         }
+        Index n_ex = 0;
+        if (exclude) {
+          exclusion_set(exclude + (r0 + i) * m_ex, m_ex, target[r0 + i], ex);
+          n_ex = static_cast<Index>(ex.size());
+          for (const std::int32_t j : ex) {
+            g -= s[j] > t;
+            e -= s[j] >= t;
+          }
+        }
         const bool nan = !(t == t);  // a NaN target ranks last, as in rank_counts_packed
-        gt[r0 + i] = nan ? N : g;
-        ge[r0 + i] = nan ? N : e;
+        gt[r0 + i] = nan ? N - n_ex : g;
+        ge[r0 + i] = nan ? N - n_ex : e;
       }
     }
   });
@@ -576,6 +600,48 @@ void rank_counts_packed(const ItemTable& t, Index n, const float* H, const std::
     gt[q] = nan ? N : g;
     ge[q] = nan ? N : e;
   }
+}
+
+// Removes excluded items from rank counts computed by rank_counts_packed: per query, each distinct
+// listed item other than the target is scored by the same per-lane sum (score_block on its block)
+// and its contribution subtracted; a NaN target (gt = ge = N) becomes N − #excluded.
+//   H (n, D); target (n); exclude (n, m) int32, −1 padding; gt, ge (n) in/out
+// Parallel over queries.
+template <TableKind KT>
+void exclude_rank_counts_packed(const ItemTable& t, Index n, const float* H,
+                                const std::int32_t* target, const std::int32_t* exclude, Index m_ex,
+                                std::int64_t* gt, std::int64_t* ge, int num_threads) {
+  if (n <= 0 || m_ex <= 0) return;
+  parallel_for(n, num_threads, [&](Index q0, Index q1) {
+    std::vector<std::int32_t> ex;
+    alignas(64) float one[PACK];
+    for (Index q = q0; q < q1; ++q) {
+      exclusion_set(exclude + q * m_ex, m_ex, target[q], ex);
+      if (ex.empty()) continue;
+      const float* hq = H + q * t.D;
+      const Index j = target[q];
+      score_block<KT, 1, 1>(t, j / PACK, &hq, one);
+      const float tq = finish_score<KT>(t, one[j % PACK], j);
+      if (!(tq == tq)) {
+        gt[q] -= static_cast<std::int64_t>(ex.size());
+        ge[q] -= static_cast<std::int64_t>(ex.size());
+        continue;
+      }
+      Index blk = -1;
+      std::int64_t dg = 0, de = 0;
+      for (const std::int32_t e : ex) {  // sorted: each block is scored once
+        if (e / PACK != blk) {
+          blk = e / PACK;
+          score_block<KT, 1, 1>(t, blk, &hq, one);
+        }
+        const float v = finish_score<KT>(t, one[e % PACK], e);
+        dg += v > tq;
+        de += v >= tq;
+      }
+      gt[q] -= dg;
+      ge[q] -= de;
+    }
+  }, 16);
 }
 
 // H (n, D) queries; exclude (n, m) int32 padded with −1, or null; out idx/scores (n, kk).

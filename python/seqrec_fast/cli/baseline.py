@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import _format_choices, _load, _load_test, _param, add_eval_options, report_evaluation
+from .common import (
+    _format_choices,
+    _load,
+    _load_test,
+    _param,
+    add_eval_options,
+    eval_kwargs,
+    report_evaluation,
+)
 
 
 def _register_baseline(sub: argparse._SubParsersAction) -> None:
@@ -46,15 +54,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model.fit(train)
     fit_s = time.perf_counter() - t0
-    result = evaluate(
-        model,
-        test,
-        cutoffs=args.cutoffs,
-        tie_mode=args.tie_mode,
-        unknown_targets=args.unknown_targets,
-        batch_size=args.batch_size,
-        targets=args.targets,
-    )
+    result = evaluate(model, test, **eval_kwargs(args))
     report_evaluation(
         result,
         args,

@@ -119,9 +119,10 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--unknown-targets",
         choices=UNKNOWN_TARGET_MODES,
-        default="drop",
+        default=None,
         help="test items unknown to training: drop them (GRU4Rec) or count them as misses "
-        "(SR-GNN papers) (default: drop)",
+        "(SR-GNN papers) (default: drop; miss with --protocol loo, where dropping an unknown "
+        "last item would make the previous item the target)",
     )
     p.add_argument(
         "--targets",
@@ -129,6 +130,28 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
         default="all",
         help="predict every event after the first (all) or only the last one of each test "
         "session (last: leave-one-out) (default: all)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("next", "loo"),
+        default="next",
+        help="next: next-item prediction as set by --targets (default); loo: leave-one-out on "
+        "user histories (files from 'seqrec data prepare --protocol loo'): only the last item of "
+        "each history is predicted (implies --targets last)",
+    )
+    p.add_argument(
+        "--exclude-history",
+        action="store_true",
+        help="remove the items of the user's history before the target from the ranking "
+        "(S3-Rec / ICLRec full ranking); a target seen before counts as a miss",
+    )
+    p.add_argument(
+        "--max-history",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="with --protocol loo: feed only the last N items before the target (e.g. 50 as "
+        "SASRec); exclusion still uses the whole history",
     )
     p.add_argument(
         "--batch-size",
@@ -143,6 +166,23 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="format of TEST (default: same as --format)",
     )
+
+
+def eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The evaluate() keywords of the shared options (``--protocol loo`` means targets="last")."""
+    targets = "last" if args.protocol == "loo" else args.targets
+    if args.max_history is not None and targets != "last":
+        raise CLIError("--max-history needs --protocol loo (or --targets last)")
+    return {
+        "cutoffs": args.cutoffs,
+        "tie_mode": args.tie_mode,
+        "unknown_targets": args.unknown_targets
+        or ("miss" if args.protocol == "loo" else "drop"),
+        "batch_size": args.batch_size,
+        "targets": targets,
+        "exclude_history": bool(args.exclude_history),
+        "max_history": args.max_history,
+    }
 
 
 def _load(path: str, fmt: str, **kw: Any) -> Any:

@@ -24,7 +24,7 @@ def _register_data(sub: argparse._SubParsersAction) -> None:
         help="prepare datasets and print statistics",
         description="Prepare datasets (preprocessing protocols) and print statistics.",
     )
-    dsub = p.add_subparsers(dest="data_command", metavar="{prepare,stats}")
+    dsub = p.add_subparsers(dest="data_command", metavar="{prepare,split-tail,stats}")
     dsub.required = True
 
     pp = dsub.add_parser(
@@ -86,11 +86,45 @@ def _register_data(sub: argparse._SubParsersAction) -> None:
         default=2,
         help="minimum session length (default: 2)",
     )
+    pp.add_argument(
+        "--max-history",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="loo only: keep the last N+1 events of each training history (e.g. 50 or 200 as "
+        "SASRec); test/valid files keep whole histories (see seqrec evaluate --max-history)",
+    )
     pp.add_argument("--session-key", default=None, help="session (or user) column name")
     pp.add_argument("--item-key", default=None, help="item column name")
     pp.add_argument("--time-key", default=None, help="time column name")
     pp.add_argument("--gzip", action="store_true", help="write .tsv.gz")
     pp.set_defaults(func=_cmd_data_prepare)
+
+    pt = dsub.add_parser(
+        "split-tail",
+        help="validation split of a fixed benchmark: the last part of TRAIN, as large as TEST",
+        description="Split a benchmark's training file into <prefix>_train_tr.tsv and "
+        "<prefix>_train_valid.tsv: the last sessions of TRAIN (by first-event time, or file order "
+        "for files without times, e.g. the SR-GNN session files) form the validation part, as "
+        "many sessions as TEST has (--like) or --size. Tune on these, then train on the whole "
+        "TRAIN and report TEST.",
+    )
+    pt.add_argument("train", help="the benchmark's training file")
+    pt.add_argument("--like", metavar="TEST", default=None,
+                    help="make the validation part as large as this test file")
+    pt.add_argument("--size", type=_positive_int, default=None,
+                    help="validation size (instead of --like)")
+    pt.add_argument("--by", choices=("sessions", "events"), default="sessions",
+                    help="count the size in sessions or in predictions (events after the first "
+                    "of each session) (default: sessions)")
+    pt.add_argument("--format", choices=_format_choices(), default="auto",
+                    help="format of TRAIN (default: auto)")
+    pt.add_argument("--test-format", choices=_format_choices(), default=None,
+                    help="format of --like TEST (default: auto)")
+    pt.add_argument("--out-dir", required=True, help="output folder (created if missing)")
+    pt.add_argument("--prefix", default=None, help="output file prefix (default: TRAIN's stem)")
+    pt.add_argument("--gzip", action="store_true", help="write .tsv.gz")
+    pt.set_defaults(func=_cmd_data_split_tail)
 
     ps = dsub.add_parser(
         "stats",
@@ -127,6 +161,7 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
         min_session_length=args.min_session_length,
         session_gap=args.session_gap,
         split_by=args.split_by,
+        max_history=args.max_history,
     )
     prefix = args.prefix
     if prefix is None:
@@ -147,6 +182,43 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
             print(format_stats(stats(frame)))
         else:
             print("  (empty)")
+    return 0
+
+
+def _prefix_of(path: str) -> str:
+    base = os.path.basename(path)
+    for suf in (".gz", ".tsv", ".csv", ".txt", ".dat", ".inter", ".parquet", ".jsonl"):
+        base = base.removesuffix(suf)
+    return base or "data"
+
+
+def _cmd_data_split_tail(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..preprocess import format_stats, stats, tail_split, write_splits
+
+    if (args.like is None) == (args.size is None):
+        raise CLIError("give exactly one of --like TEST and --size N")
+    data = _load(args.train, args.format)
+    if args.like is not None:
+        test = _load(args.like, args.test_format or "auto")
+        size = (test.n_sessions if args.by == "sessions"
+                else int(np.maximum(test.session_lengths - 1, 0).sum()))
+    else:
+        size = args.size
+    try:
+        splits = tail_split(data, size, by=args.by)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    prefix = args.prefix or _prefix_of(args.train)
+    try:
+        paths = write_splits(splits, args.out_dir, prefix, gzip=args.gzip)
+    except OSError as e:
+        raise CLIError(f"cannot write to {args.out_dir}: {e.strerror or e}") from None
+    print(f"validation tail: {size:,} {args.by} of {args.train}")
+    for name, frame in splits.items():
+        print(f"\n== {name}: {paths[name]}")
+        print(format_stats(stats(frame)))
     return 0
 
 

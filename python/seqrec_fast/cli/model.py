@@ -25,6 +25,7 @@ from .common import (
     _positive_int,
     _to_py,
     add_eval_options,
+    eval_kwargs,
     report_evaluation,
 )
 
@@ -215,18 +216,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.threads is not None:
         model.set_params(num_threads=args.threads)
     test = _load_test(args, item_map=model.item_ids_)
-    result = evaluate(
-        model,
-        test,
-        cutoffs=args.cutoffs,
-        tie_mode=args.tie_mode,
-        unknown_targets=args.unknown_targets,
-        batch_size=args.batch_size,
-        targets=args.targets,
-        engine=args.engine,
-        address=args.address,
-        workers=args.workers,
-    )
+    result = evaluate(model, test, **eval_kwargs(args), engine=args.engine,
+                      address=args.address, workers=args.workers)
     params = model.get_params()
     desc = ", ".join(
         f"{k}={params[k]}" for k in ("cell", "layers", "loss", "embedding") if k in params
