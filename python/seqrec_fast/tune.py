@@ -504,12 +504,17 @@ def tune(
                     _write_reports(study, out_dir, metric, plot=False)
         except KeyboardInterrupt:
             interrupted = True
-            for ref, trial in running.items():
+            for ref in running:
                 ray.cancel(ref, force=True)
+            running.clear()
+            # Every asked trial still open in the storage, including one that Ctrl-C caught between
+            # study.ask() and its launch, or between its result and study.tell().
+            for trial in trials.values():
+                if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+                    continue
                 trial.set_user_attr("error", "interrupted (Ctrl-C)")
                 trial.set_user_attr("interrupted", True)
                 study.tell(trial, state=TrialState.FAIL)
-            running.clear()
         finally:
             if mailbox is not None:
                 ray.kill(mailbox)
