@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "gemm.h"
 #include "gru.h"
 #include "lstm.h"
 #include "parallel.h"
@@ -75,20 +76,20 @@ void layer_forward(Index Tn, Index B, const LayerParams<T>& p, const T* X, const
           else A.row(r - r0) = bias;
         }
       } else {
-        A.noalias() = CMapR<T>(X + t * B * I + r0 * I, n, I) * Wx;
+        product(p.bf16, A, CMapR<T>(X + t * B * I + r0 * I, n, I), Wx);
         A.rowwise() += bias;
       }
       if constexpr (K == Cell::RNN) {
-        rnn_step_forward(n, H, a + r0 * GH, h_in + r0 * H, p.W_h);
+        rnn_step_forward(n, H, a + r0 * GH, h_in + r0 * H, p.W_h, p.bf16);
         std::copy(a + r0 * GH, a + r1 * GH, h_out + r0 * H);
       } else if constexpr (K == Cell::GRU) {
         gru_step_forward(n, H, a + r0 * GH, h_in + r0 * H, p.W_h, h_out + r0 * H,
-                         scratch.data() + r0 * H);
+                         scratch.data() + r0 * H, p.bf16);
       } else {
         T* c_in = cache.c_in + t * B * H;
         detail::masked_copy(r0, r1, H, prev_c, rt, c_in);
         lstm_step_forward(n, H, a + r0 * GH, h_in + r0 * H, c_in + r0 * H, p.W_h, h_out + r0 * H,
-                          cache.c_out + t * B * H + r0 * H);
+                          cache.c_out + t * B * H + r0 * H, p.bf16);
       }
       if (drop) {
         MapR<T>(h_out + r0 * H, n, H).array() *= CMapR<T>(drop + t * B * H + r0 * H, n, H).array();
@@ -131,14 +132,15 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
       if (drop) DH.array() *= CMapR<T>(drop + o + ro, n, H).array();
       if constexpr (K == Cell::RNN) {
         rnn_step_backward(n, H, dh.data() + ro, g_t + r0 * GH, p.W_h, dA_t + r0 * GH,
-                          dhp.data() + ro);
+                          dhp.data() + ro, p.bf16);
       } else if constexpr (K == Cell::GRU) {
         gru_step_backward(n, H, dh.data() + ro, g_t + r0 * GH, cache.h_in + o + ro, p.W_h,
-                          dA_t + r0 * GH, dhp.data() + ro, rh.data() + o + ro, drh.data() + ro);
+                          dA_t + r0 * GH, dhp.data() + ro, rh.data() + o + ro, drh.data() + ro,
+                          p.bf16);
       } else {
         lstm_step_backward(n, H, dh.data() + ro, carry_c + ro, g_t + r0 * GH, cache.c_in + o + ro,
                            cache.c_out + o + ro, p.W_h, dA_t + r0 * GH, dhp.data() + ro,
-                           dcp.data() + ro);
+                           dcp.data() + ro, p.bf16);
       }
       // The entering state was zeroed where reset[t] is set: its gradient stops there.
       for (Index r = r0; r < r1; ++r) {
@@ -149,8 +151,8 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
         }
       }
       if (dX && !x_idx) {
-        MapR<T>(dX + t * B * I + r0 * I, n, I).noalias() =
-            CMapR<T>(dA_t + r0 * GH, n, GH) * Wx.transpose();
+        product(p.bf16, MapR<T>(dX + t * B * I + r0 * I, n, I), CMapR<T>(dA_t + r0 * GH, n, GH),
+                Wx.transpose());
       }
     });
   }
@@ -164,8 +166,8 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
       [&](Index c0, Index c1) {
         const Index nc = c1 - c0;
         if (!x_idx) {
-          MapR<T>(dW_x, I, GH).middleCols(c0, nc).noalias() =
-              CMapR<T>(X, TB, I).transpose() * DA.middleCols(c0, nc);
+          product(p.bf16, MapR<T>(dW_x, I, GH).middleCols(c0, nc), CMapR<T>(X, TB, I).transpose(),
+                  DA.middleCols(c0, nc));
         }
         // Plain loop: Eigen's vectorised colwise().sum() peels by alignment, which would make
         // the sum order (and the last bits) depend on where the buffer was allocated.
@@ -177,14 +179,14 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
         if constexpr (K == Cell::GRU) {
           // columns [0, 2H) take h; the candidate block [2H, 3H) takes r⊙h
           const Index s = std::min(c1, 2 * H);
-          if (s > c0) DWh.middleCols(c0, s - c0).noalias() = Hin.transpose() * DA.middleCols(c0, s - c0);
+          if (s > c0) product(p.bf16, DWh.middleCols(c0, s - c0), Hin.transpose(), DA.middleCols(c0, s - c0));
           const Index s2 = std::max(c0, 2 * H);
           if (c1 > s2) {
             CMapR<T> RH(rh.data(), TB, H);
-            DWh.middleCols(s2, c1 - s2).noalias() = RH.transpose() * DA.middleCols(s2, c1 - s2);
+            product(p.bf16, DWh.middleCols(s2, c1 - s2), RH.transpose(), DA.middleCols(s2, c1 - s2));
           }
         } else {
-          DWh.middleCols(c0, nc).noalias() = Hin.transpose() * DA.middleCols(c0, nc);
+          product(p.bf16, DWh.middleCols(c0, nc), Hin.transpose(), DA.middleCols(c0, nc));
         }
       },
       8);
