@@ -44,9 +44,12 @@ void gru_step_forward(Index n, Index H, T* a, const T* h, const T* W_h, T* h_out
 // rh      (n, H)   out: r⊙h, kept for dW_hc
 // drh     (n, H)   scratch
 // bf16             as in gru_step_forward
+// need_dh_prev     false: dh_prev is not computed (the first step of a truncated window, whose
+//                  entering-state gradient nobody reads; saves the (n, 2H)·(2H, H) product)
 template <class T>
 void gru_step_backward(Index n, Index H, const T* dh, const T* gates, const T* h, const T* W_h,
-                       T* dA, T* dh_prev, T* rh, T* drh, bool bf16 = false) {
+                       T* dA, T* dh_prev, T* rh, T* drh, bool bf16 = false,
+                       bool need_dh_prev = true) {
   CMapR<T> G(gates, n, 3 * H);
   CMapR<T> Hm(h, n, H);
   CMapR<T> Wh(W_h, H, 3 * H);
@@ -60,12 +63,13 @@ void gru_step_backward(Index n, Index H, const T* dh, const T* gates, const T* h
   auto c = G.rightCols(H).array();
   DA.middleCols(H, H) = DH.array() * (c - Hm.array()) * z * (T(1) - z);
   DA.rightCols(H) = DH.array() * z * (T(1) - c.square());
-  DHP = DH.array() * (T(1) - z);
   product(bf16, DRH, DA.rightCols(H), Wh.rightCols(H).transpose());
   DA.leftCols(H) = DRH.array() * Hm.array() * r * (T(1) - r);
+  RH = r * Hm.array();
+  if (!need_dh_prev) return;
+  DHP = DH.array() * (T(1) - z);
   DHP.array() += DRH.array() * r;
   product(bf16, DHP, DA.leftCols(2 * H), Wh.leftCols(2 * H).transpose(), true);
-  RH = r * Hm.array();
 }
 
 }  // namespace seqrec

@@ -40,7 +40,7 @@ void lstm_step_forward(Index n, Index H, T* a, const T* h, const T* c, const T* 
 template <class T>
 void lstm_step_backward(Index n, Index H, const T* dh, const T* dc, const T* gates, const T* c,
                         const T* c_out, const T* W_h, T* dA, T* dh_prev, T* dc_prev,
-                        bool bf16 = false) {
+                        bool bf16 = false, bool need_dh_prev = true) {
   CMapR<T> G(gates, n, 4 * H);
   auto i = G.leftCols(H).array();
   auto f = G.middleCols(H, H).array();
@@ -59,7 +59,7 @@ void lstm_step_backward(Index n, Index H, const T* dh, const T* dc, const T* gat
   DA.middleCols(2 * H, H) = DCP.array() * i * (T(1) - g.square());
   DA.rightCols(H) = DH.array() * tc * o * (T(1) - o);
   DCP.array() *= f;
-  product(bf16, MapR<T>(dh_prev, n, H), DA, CMapR<T>(W_h, H, 4 * H).transpose());
+  if (need_dh_prev) product(bf16, MapR<T>(dh_prev, n, H), DA, CMapR<T>(W_h, H, 4 * H).transpose());
 }
 
 }  // namespace seqrec

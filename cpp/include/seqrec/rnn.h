@@ -30,11 +30,11 @@ void rnn_step_forward(Index n, Index H, T* a, const T* h, const T* W_h, bool bf1
 // dh_prev(n, H)  out: gradient of the entering state (before the reset mask)
 template <class T>
 void rnn_step_backward(Index n, Index H, const T* dh, const T* u, const T* W_h, T* dA,
-                       T* dh_prev, bool bf16 = false) {
+                       T* dh_prev, bool bf16 = false, bool need_dh_prev = true) {
   MapR<T> DA(dA, n, H);
   CMapR<T> Y(u, n, H);
   DA = CMapR<T>(dh, n, H).array() * (T(1) - Y.array().square());
-  product(bf16, MapR<T>(dh_prev, n, H), DA, CMapR<T>(W_h, H, H).transpose());
+  if (need_dh_prev) product(bf16, MapR<T>(dh_prev, n, H), DA, CMapR<T>(W_h, H, H).transpose());
 }
 
 }  // namespace seqrec

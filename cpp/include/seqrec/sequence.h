@@ -107,11 +107,13 @@ void layer_forward(Index Tn, Index B, const LayerParams<T>& p, const T* X, const
 //   dW_x (I, GH)         out (overwritten); not touched when x_idx is given
 //   dW_h (H, GH), db (GH) out (overwritten)
 //   dA_out    (T, B, GH) out: pre-activation gradients, or null (then kept internally)
+//   want_dh0  false: carry_h (and carry_c) come back zero instead of dh0 (training discards them: the carried
+//             state is a value), which skips the step-0 hidden product
 template <Cell K, class T>
 void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
                     const std::int32_t* x_idx, const std::uint8_t* reset, const T* drop,
                     const LayerCache<const T>& cache, const T* dOut, T* carry_h, T* carry_c, T* dX,
-                    T* dW_x, T* dW_h, T* db, T* dA_out, int num_threads) {
+                    T* dW_x, T* dW_h, T* db, T* dA_out, int num_threads, bool want_dh0 = true) {
   constexpr int G = gate_count(K);
   const Index H = p.H, I = p.I, GH = G * H, TB = Tn * B;
   CMapR<T> Wx(p.W_x, I, GH);
@@ -125,6 +127,7 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
     const Index o = t * B * H;
     T* dA_t = dA + t * B * GH;
     const T* g_t = cache.gates + t * B * GH;
+    const bool need = t > 0 || want_dh0;
     parallel_for(B, num_threads, [&](Index r0, Index r1) {
       const Index n = r1 - r0, ro = r0 * H;
       MapR<T> DH(dh.data() + ro, n, H);
@@ -132,19 +135,19 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
       if (drop) DH.array() *= CMapR<T>(drop + o + ro, n, H).array();
       if constexpr (K == Cell::RNN) {
         rnn_step_backward(n, H, dh.data() + ro, g_t + r0 * GH, p.W_h, dA_t + r0 * GH,
-                          dhp.data() + ro, p.bf16);
+                          dhp.data() + ro, p.bf16, need);
       } else if constexpr (K == Cell::GRU) {
         gru_step_backward(n, H, dh.data() + ro, g_t + r0 * GH, cache.h_in + o + ro, p.W_h,
                           dA_t + r0 * GH, dhp.data() + ro, rh.data() + o + ro, drh.data() + ro,
-                          p.bf16);
+                          p.bf16, need);
       } else {
         lstm_step_backward(n, H, dh.data() + ro, carry_c + ro, g_t + r0 * GH, cache.c_in + o + ro,
                            cache.c_out + o + ro, p.W_h, dA_t + r0 * GH, dhp.data() + ro,
-                           dcp.data() + ro, p.bf16);
+                           dcp.data() + ro, p.bf16, need);
       }
       // The entering state was zeroed where reset[t] is set: its gradient stops there.
       for (Index r = r0; r < r1; ++r) {
-        const bool cut = rt && rt[r];
+        const bool cut = (rt && rt[r]) || !need;
         for (Index j = 0; j < H; ++j) carry_h[r * H + j] = cut ? T(0) : dhp[r * H + j];
         if constexpr (K == Cell::LSTM) {
           for (Index j = 0; j < H; ++j) carry_c[r * H + j] = cut ? T(0) : dcp[r * H + j];

@@ -366,7 +366,7 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
       layer_backward<KC, T>(Tn, B, lp, in, idx_in ? xk : nullptr, rk, dmask, lc, dOut, carry.data(),
                             KC == Cell::LSTM ? carry_c.data() : nullptr, dIn_ptr,
                             idx_in ? nullptr : dWx[l].data(), dWh[l].data(), db[l].data(),
-                            idx_in ? dA0.data() : nullptr, nt);
+                            idx_in ? dA0.data() : nullptr, nt, /*want_dh0=*/false);
       if (l > 0) dOut = dIn[l].data();
     }
     // 5. input-embedding gradients into their table rows
