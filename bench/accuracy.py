@@ -73,8 +73,8 @@ def main(argv=None) -> int:
             print(f"{name}: {tr} not found, skipped")
             continue
         train = load(tr)
-        test = load(te, item_map=train)
         unknown = "miss" if prefix is None else "drop"
+        test = load(te, item_map=train, keep_unknown=unknown == "miss")
         means = {}
         for prec in a.precision:
             means[prec] = _run(a, name, prec, params, train, test, unknown, off_r, off_m, records)

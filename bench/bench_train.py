@@ -116,7 +116,7 @@ SETTING_DATA = {"rsc15": None, "yoochoose": "yoochoose1_64_srgnn/train_sessions.
                 "diginetica": None}
 
 
-def setting_data_path(name: str) -> Optional[str]:
+def setting_data_path(name: str) -> str | None:
     """The default training file of an official setting, or None (rsc15_100k / synthetic)."""
     rel = SETTING_DATA[name]
     if rel is None:
@@ -176,7 +176,7 @@ class Case:
     config: dict
     n_events: int = 0
     extra: dict = field(default_factory=dict)
-    drop_embed: Optional[np.ndarray] = None  # (K, 1, B, H) or None
+    drop_embed: np.ndarray | None = None  # (K, 1, B, H) or None
 
     def fresh_state(self):
         """Copies of (params, state1, state2, hidden), so every repeat starts from the same point."""

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_train_kernel import clone, make_chunk, make_model
-
 from seqrec_fast import _core
 from seqrec_fast import reference as ref
 from seqrec_fast.model import SessionRNN
 from seqrec_fast.synthetic import generate_sessions
+from test_train_kernel import clone, make_chunk, make_model
 
 REPO = Path(__file__).resolve().parents[1]
 needs_bf16 = pytest.mark.skipif(
@@ -106,8 +105,8 @@ def test_generic_variant_says_bf16_is_unavailable():
         gen.gemm_bf16(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32))
     # the trainer refuses too (the Python estimator falls back before calling it)
     rng = np.random.default_rng(0)
-    params, s1, s2, hidden, cstate, I0 = make_model(rng, "gru", "constrained", (3,),
-                                                    dtype=np.float32)
+    params, s1, s2, hidden, _cstate, I0 = make_model(rng, "gru", "constrained", (3,),
+                                                     dtype=np.float32)
     x, y, reset, negs, de, dh = make_chunk(rng, 1, 1, (3,), I0, "constrained", dtype=np.float32)
     with pytest.raises(ValueError, match="precision.*bf16.*AVX-512-BF16"):
         gen.train_chunk("gru", "constrained", params, s1, s2, hidden, None, x, y, reset, negs, de,
@@ -116,8 +115,8 @@ def test_generic_variant_says_bf16_is_unavailable():
 
 # --- the chunk trainer ------------------------------------------------------------------------
 
-CONFIG = dict(batch_size=4, learning_rate=0.05, momentum=0.3, bpreg=0.5, sample_alpha=0.5,
-              logq=0.7, step=2)
+CONFIG = {"batch_size": 4, "learning_rate": 0.05, "momentum": 0.3, "bpreg": 0.5,
+          "sample_alpha": 0.5, "logq": 0.7, "step": 2}
 
 
 def _run(mod, cell, embedding, layers, config, seed, K=3, T=1, nt=1):
@@ -169,7 +168,7 @@ def test_train_chunk_bf16_close_to_float32(cell):
 @needs_bf16
 def test_train_chunk_bf16_rejects_float64():
     rng = np.random.default_rng(0)
-    params, s1, s2, hidden, cstate, I0 = make_model(rng, "gru", "constrained", (3,))
+    params, s1, s2, hidden, _cstate, I0 = make_model(rng, "gru", "constrained", (3,))
     x, y, reset, negs, de, dh = make_chunk(rng, 1, 1, (3,), I0, "constrained")
     with pytest.raises(TypeError, match="bf16.*float32 master weights"):
         _core.train_chunk("gru", "constrained", params, s1, s2, hidden, None, x, y, reset, negs, de,

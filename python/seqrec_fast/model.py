@@ -160,7 +160,7 @@ class SessionRNN:
         seed: Optional[int] = 0,
         num_threads: Optional[int] = None,
         dtype: str = "float32",
-        precision: Optional[str] = None,
+        precision: str | None = None,
         progress: bool = True,
         verbose: bool = True,
         early_stopping: Optional[int] = None,

@@ -199,7 +199,7 @@ def sequence_forward(
     drop: Optional[Sequence[Optional[np.ndarray]]] = None,
     num_threads: int = 1,
     bf16: bool = False,
-    bf16_input: Optional[bool] = None,
+    bf16_input: bool | None = None,
 ):
     """Forward over a window of T steps through L stacked layers.
 
@@ -285,7 +285,7 @@ def sequence_backward(
     drop: Optional[Sequence[Optional[np.ndarray]]] = None,
     num_threads: int = 1,
     bf16: bool = False,
-    bf16_input: Optional[bool] = None,
+    bf16_input: bool | None = None,
 ):
     """Truncated BPTT over the window of :func:`sequence_forward` (``bf16``, ``bf16_input`` as
     there).
