@@ -2,6 +2,9 @@
 
     python bench/accuracy.py [--seeds 1 2 3] [--threads 2] [--datasets rsc15_100k rsc15_64]
     python bench/accuracy.py --benchmarks s3rec_beauty yoochoose1_64_srgnn [--split valid|test]
+    python bench/accuracy.py --precision float32 bf16 --datasets rsc15_100k   # bf16 against float32
+    python bench/accuracy.py --datasets yoochoose1_64_srgnn --config configs/yoochoose.toml \
+        --precision float32 bf16 [--param n_epochs=2]
 
 ``--benchmarks`` runs the published-benchmark rows of issue 15 instead, each with its own
 ``configs/<name>.toml``: the session benchmarks (SR-GNN protocol: all items ranked, unknown targets
@@ -14,7 +17,10 @@ validation targets; ``--split test`` (default) trains on the whole training part
 
 Trains SessionRNN with the official RSC15 setting (configs/rsc15.toml) on train_full and evaluates on
 test with conservative full ranking (DESIGN.md §3.4), printing every run and the mean against the
-official PyTorch GRU4Rec's Recall@20 / MRR@20 on the same files. Records go to
+official PyTorch GRU4Rec's Recall@20 / MRR@20 on the same files. With several ``--precision``
+values (e.g. ``float32 bf16``) each seed is trained in each precision and the means are compared
+(issue 14: bf16 must keep at least 99% of float32). yoochoose1_64_srgnn follows the SR-GNN protocol
+(train_sessions -> test_sessions, unknown targets counted as misses). Records go to
 bench/results/accuracy.jsonl.
 """
 
@@ -31,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_records  # noqa: E402
 
-from seqrec_fast.config import load_config  # noqa: E402
+from seqrec_fast.config import load_config, parse_param  # noqa: E402
 from seqrec_fast.data import load  # noqa: E402
 from seqrec_fast.evaluate import evaluate  # noqa: E402
 from seqrec_fast.model import SessionRNN  # noqa: E402
@@ -43,6 +49,8 @@ DATASETS = {
     # name: (folder, file prefix, official Recall@20, official MRR@20)
     "rsc15_100k": ("rsc15_100k_sessionrec", "rsc15_100k", 0.6771, 0.3540),
     "rsc15_64": ("rsc15_64_shehzad_jannach", "rsc15_64", 0.6178, 0.2900),
+    # SR-GNN protocol files; the figures are the SR-GNN paper's GRU4Rec (not the official code's)
+    "yoochoose1_64_srgnn": ("yoochoose1_64_srgnn", None, 0.6064, 0.2289),
 }
 
 
@@ -146,6 +154,10 @@ def main(argv=None) -> int:
     p.add_argument("--benchmarks", nargs="+", choices=list(BENCHMARKS), default=None,
                    help="run these published-benchmark rows (configs/<name>.toml) instead")
     p.add_argument("--split", choices=("valid", "test"), default="test")
+    p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bf16"],
+                   help="training precision(s); several: each seed in each, means compared")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of --config (e.g. n_epochs=2)")
     a = p.parse_args(argv)
     if a.benchmarks:
         records = run_benchmarks(a.benchmarks, a.split, a.seeds, a.threads)
@@ -153,42 +165,62 @@ def main(argv=None) -> int:
             print(f"records appended to {write_records('accuracy', records)}")
         return 0
     params = load_config(a.config)
+    params.update(dict(parse_param(t) for t in a.param))
     params.pop("num_threads", None)
     params.pop("seed", None)
+    params.pop("precision", None)
     records = []
     print(f"setting: {a.config}: {params}")
     for name in a.datasets:
         folder, prefix, off_r, off_m = DATASETS[name]
         d = DATA / folder
-        tr, te = d / f"{prefix}_train_full.tsv.gz", d / f"{prefix}_test.tsv.gz"
+        if prefix is None:
+            tr, te = d / "train_sessions.txt.gz", d / "test_sessions.txt.gz"
+        else:
+            tr, te = d / f"{prefix}_train_full.tsv.gz", d / f"{prefix}_test.tsv.gz"
         if not tr.exists():
             print(f"{name}: {tr} not found, skipped")
             continue
         train = load(tr)
-        test = load(te, item_map=train)
-        rs, ms = [], []
-        for seed in a.seeds:
-            m = SessionRNN(**params, seed=seed, num_threads=a.threads, progress=False, verbose=False)
-            t0 = time.perf_counter()
-            m.fit(train)
-            fit_s = time.perf_counter() - t0
-            res = evaluate(m, test, cutoffs=(20,), tie_mode="conservative")
-            r, mrr = float(res["recall@20"]), float(res["mrr@20"])
-            rs.append(r)
-            ms.append(mrr)
-            ev_s = np.mean([h["events_per_s"] for h in m.history_])
-            print(f"{name} seed {seed}: Recall@20 {r:.4f}  MRR@20 {mrr:.4f}  "
-                  f"(fit {fit_s:.1f}s, {ev_s:,.0f} events/s, eval {res.seconds:.2f}s, "
-                  f"{res.n_events} events)", flush=True)
-            records.append({"case": "accuracy", "dataset": name, "seed": seed, "recall@20": r,
-                            "mrr@20": mrr, "fit_s": fit_s, "events_per_s": ev_s,
-                            "threads": a.threads, "params": params})
-        mr, mm = float(np.mean(rs)), float(np.mean(ms))
-        print(f"{name} mean over {len(rs)} seeds: Recall@20 {mr:.4f} ({mr / off_r:.1%} of official "
-              f"{off_r}), MRR@20 {mm:.4f} ({mm / off_m:.1%} of official {off_m})")
+        unknown = "miss" if prefix is None else "drop"
+        test = load(te, item_map=train, keep_unknown=unknown == "miss")
+        means = {}
+        for prec in a.precision:
+            means[prec] = _run(a, name, prec, params, train, test, unknown, off_r, off_m, records)
+        if len(means) > 1:
+            base = means[a.precision[0]]
+            for prec, (mr, mm) in means.items():
+                print(f"{name} {prec}: Recall@20 {mr:.4f} ({mr / base[0]:.2%} of {a.precision[0]}), "
+                      f"MRR@20 {mm:.4f} ({mm / base[1]:.2%} of {a.precision[0]})")
     if records:
         print(f"records appended to {write_records('accuracy', records)}")
     return 0
+
+
+def _run(a, name, prec, params, train, test, unknown, off_r, off_m, records):
+    """Trains and evaluates every seed in one precision; returns the mean (Recall@20, MRR@20)."""
+    rs, ms = [], []
+    for seed in a.seeds:
+        m = SessionRNN(**params, seed=seed, num_threads=a.threads, progress=False, verbose=False,
+                       precision=None if prec == "float32" else prec)
+        t0 = time.perf_counter()
+        m.fit(train)
+        fit_s = time.perf_counter() - t0
+        res = evaluate(m, test, cutoffs=(20,), tie_mode="conservative", unknown_targets=unknown)
+        r, mrr = float(res["recall@20"]), float(res["mrr@20"])
+        rs.append(r)
+        ms.append(mrr)
+        ev_s = np.mean([h["events_per_s"] for h in m.history_])
+        print(f"{name} {m.precision_} seed {seed}: Recall@20 {r:.4f}  MRR@20 {mrr:.4f}  "
+              f"(fit {fit_s:.1f}s, {ev_s:,.0f} events/s, eval {res.seconds:.2f}s, "
+              f"{res.n_events} events)", flush=True)
+        records.append({"case": "accuracy", "dataset": name, "seed": seed, "recall@20": r,
+                        "mrr@20": mrr, "fit_s": fit_s, "events_per_s": ev_s,
+                        "threads": a.threads, "params": params, "precision": m.precision_})
+    mr, mm = float(np.mean(rs)), float(np.mean(ms))
+    print(f"{name} {prec} mean over {len(rs)} seeds: Recall@20 {mr:.4f} ({mr / off_r:.1%} of "
+          f"published {off_r}), MRR@20 {mm:.4f} ({mm / off_m:.1%} of published {off_m})", flush=True)
+    return mr, mm
 
 
 if __name__ == "__main__":

@@ -101,6 +101,30 @@ SETTING = dict(
     n_sample=2048, sample_alpha=0.5, full_softmax=False, batch_size=32, dropout_embed=0.0,
     dropout_hidden=0.4, bptt=1, optimizer="adagrad", learning_rate=0.2, momentum=0.2,
 )
+# Every official setting the benchmark covers (configs/*.toml), for `seqrec bench`'s training cases,
+# and the training file each runs on by default (relative to $SEQREC_DATA_DIR's parent folder; None:
+# rsc15_100k, the default of load_data). No Diginetica file is shipped: that setting runs on rsc15_100k.
+SETTINGS = {
+    "rsc15": dict(SETTING),
+    "yoochoose": dict(SETTING, layers=[480], batch_size=48, sample_alpha=0.2, dropout_hidden=0.2,
+                      learning_rate=0.07, momentum=0.0),
+    "diginetica": dict(SETTING, layers=[512], batch_size=128, loss="bpr-max", elu_param=1.0,
+                       bpreg=0.9, logq=0.0, sample_alpha=0.3, dropout_embed=0.5, dropout_hidden=0.3,
+                       learning_rate=0.05, momentum=0.15),
+}
+SETTING_DATA = {"rsc15": None, "yoochoose": "yoochoose1_64_srgnn/train_sessions.txt.gz",
+                "diginetica": None}
+
+
+def setting_data_path(name: str) -> str | None:
+    """The default training file of an official setting, or None (rsc15_100k / synthetic)."""
+    rel = SETTING_DATA[name]
+    if rel is None:
+        return None
+    base = Path(os.environ.get("SEQREC_DATA_DIR", DEFAULT_DATA_DIR)).parent
+    return str(base / rel)
+
+
 SIDES = ("cpp-fit", "cpp-chunk", "ref", "torch", "torch-idiomatic")
 CHUNK = 256  # SessionRNN's default chunk_steps
 
@@ -152,6 +176,7 @@ class Case:
     config: dict
     n_events: int = 0
     extra: dict = field(default_factory=dict)
+    drop_embed: np.ndarray | None = None  # (K, 1, B, H) or None
 
     def fresh_state(self):
         """Copies of (params, state1, state2, hidden), so every repeat starts from the same point."""
@@ -175,6 +200,11 @@ def build_case(n_steps: int = 200, dtype=np.float32, quick: bool = False,
     xs, ys, rs = schedule.windows(1)
     K = min(n_steps, xs.shape[0])
     neg = sampler.draw(rng, (K, 1, S))
+    de = None
+    if p["dropout_embed"] > 0:  # drawn as SessionRNN._run_epoch draws it
+        keep_e = 1.0 - p["dropout_embed"]
+        de = (rng.random((K, 1, B, H), dtype=np.float32) < keep_e).astype(dt)
+        de *= dt.type(1.0 / keep_e)
     keep = 1.0 - p["dropout_hidden"]
     dh = []
     for h in p["layers"]:
@@ -192,6 +222,7 @@ def build_case(n_steps: int = 200, dtype=np.float32, quick: bool = False,
         state2=model.state2_, hidden=[np.zeros((B, h), dt) for h in p["layers"]],
         x=np.ascontiguousarray(xs[:K]), y=np.ascontiguousarray(ys[:K]),
         reset=np.ascontiguousarray(rs[:K]), neg=neg, drop_hidden=dh, log_support=log_support,
+        drop_embed=de,
         config=config, n_events=int((ys[:K] >= 0).sum()),
         extra={"n_items": data.n_items, "epoch_events": schedule.n_events, "H": H, "S": S, "B": B},
     )
@@ -201,12 +232,17 @@ def build_case(n_steps: int = 200, dtype=np.float32, quick: bool = False,
 # The sides: each runs the case's steps from a fresh state and returns the events it trained on
 
 
+def _de(case: Case, a: int, b: int):
+    return None if case.drop_embed is None else case.drop_embed[a:b]
+
+
 def run_ref(case: Case, state, k1: Optional[int] = None):
     params, s1, s2, hidden = state
     k1 = k1 or case.x.shape[0]
     dh = [d[:k1] for d in case.drop_hidden]
     return ref.train_chunk("gru", "constrained", params, s1, s2, hidden, None, case.x[:k1],
-                           case.y[:k1], case.reset[:k1], case.neg[:k1], None, dh, case.log_support,
+                           case.y[:k1], case.reset[:k1], case.neg[:k1], _de(case, 0, k1), dh,
+                           case.log_support,
                            case.config)
 
 
@@ -220,7 +256,7 @@ def run_cpp(case: Case, state, nt: int = 1, k1: Optional[int] = None):
         b = min(k1, a + CHUNK)
         cfg = dict(case.config, step=step)
         res = _core.train_chunk("gru", "constrained", params, s1, s2, hidden, None, case.x[a:b],
-                                case.y[a:b], case.reset[a:b], case.neg[a:b], None,
+                                case.y[a:b], case.reset[a:b], case.neg[a:b], _de(case, a, b),
                                 [d[a:b] for d in case.drop_hidden], case.log_support, cfg, nt)
         step += int(res[4])
         losses.append(res[0])
@@ -235,7 +271,7 @@ def run_torch(case: Case, state, k1: Optional[int] = None):
     k1 = k1 or case.x.shape[0]
     dh = [d[:k1] for d in case.drop_hidden]
     return tg.train_chunk(params, s1, s2, hidden, case.x[:k1], case.y[:k1], case.reset[:k1],
-                          case.neg[:k1], None, dh, case.log_support, case.config)
+                          case.neg[:k1], _de(case, 0, k1), dh, case.log_support, case.config)
 
 
 def idiomatic_inputs(case: Case):

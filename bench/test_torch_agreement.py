@@ -102,3 +102,12 @@ def test_torch_twin_matches_reference_on_rsc15_setting():
     case = bt.build_case(n_steps=6, dtype=np.float64, quick=True)
     res = bt.check_torch_twin(case, n_steps=6, tol=1e-8)
     assert res["max_param_diff"] < 1e-8
+
+
+@pytest.mark.parametrize("elu_param", [0.0, 1.0])
+def test_torch_twin_bpr_max_matches_reference(elu_param):
+    """BPR-max (the Diginetica setting's loss), with and without the ELU on the scores."""
+    rng = np.random.default_rng(11 + int(elu_param))
+    state, inputs = make_case(rng, layers=(3, 4), drop_embed=True)
+    cfg = dict(CONFIG, loss="bpr-max", logq=0.0, bpreg=0.9, elu_param=elu_param, momentum=0.15)
+    assert_agree(run_both(state, inputs, cfg))

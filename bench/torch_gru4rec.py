@@ -5,7 +5,8 @@ Two implementations:
 - :func:`train_chunk` -- the PyTorch *twin* of ``seqrec_fast.reference.train_chunk`` for the GRU4Rec
   setting the benchmark measures: cell 'gru' (GRU4Rec form, reset gate before the hidden product),
   embedding 'constrained' (input = rows of ``W_y``), loss 'cross-entropy' with the logQ correction
-  over in-batch targets + the step's shared sampled negatives, optimizer 'adagrad' (GRU4Rec's Adagrad
+  or 'bpr-max' (with ``elu_param`` and ``bpreg``; the Diginetica setting) over in-batch targets + the
+  step's shared sampled negatives, optimizer 'adagrad' (GRU4Rec's Adagrad
   with momentum), dropout on every layer's output (masks given), ``bptt = 1``. Same parameter layout
   (per layer ``W_x (E, 3H)``, ``W_h (H, 3H)``, ``b (3H,)``; then ``W_y (N, H)``, ``b_y (N,)``), same
   arguments, same in-place semantics: the NumPy arrays it is handed are updated through
@@ -56,12 +57,16 @@ class TorchGRU4RecTwin:
         ``log(support)`` per item, for the logQ correction.
     config : dict
         The reference's config keys: ``logq``, ``sample_alpha``, ``batch_size``, ``learning_rate``,
-        ``momentum`` (and ``eps``, default 1e-6). Only loss 'cross-entropy' and optimizer 'adagrad'.
+        ``momentum`` (and ``eps``, default 1e-6), ``loss`` with ``elu_param`` and ``bpreg``. Losses
+        'cross-entropy' and 'bpr-max'; optimizer 'adagrad' only.
     """
 
     def __init__(self, params, state1, state2, hidden, log_support, config):
-        if config.get("loss", "cross-entropy") != "cross-entropy":
-            raise ValueError("the torch twin implements loss='cross-entropy' only")
+        self.loss = config.get("loss", "cross-entropy")
+        if self.loss not in ("cross-entropy", "bpr-max"):
+            raise ValueError("the torch twin implements loss='cross-entropy' and 'bpr-max' only")
+        self.elu = float(config.get("elu_param", 0.0))
+        self.bpreg = float(config.get("bpreg", 1.0))
         if config.get("optimizer", "adagrad") != "adagrad":
             raise ValueError("the torch twin implements optimizer='adagrad' only")
         if config.get("full_softmax", False):
@@ -105,6 +110,18 @@ class TorchGRU4RecTwin:
         acc.index_copy_(0, rows, sub_a)
         if v is not None:
             v.index_copy_(0, rows, sub_v)
+
+    def _bpr_max(self, R, n):
+        """Summed BPR-max of the rows (reference.bpr_max_loss): -log(Σ_j s_j σ(o_p − o_j) + ε) +
+        bpreg·Σ_j s_j o_j², s the softmax of o = elu(R) over the negatives; positive in column i."""
+        o = F.elu(R, alpha=self.elu) if self.elu > 0 else R
+        pos = torch.zeros_like(o, dtype=torch.bool)
+        pos[torch.arange(n), torch.arange(n)] = True
+        s = torch.softmax(o.masked_fill(pos, float("-inf")), dim=1)
+        sg = torch.sigmoid(o.diagonal().unsqueeze(1) - o)
+        A = (s * sg).sum(dim=1)
+        Q = (s * o * o).sum(dim=1)
+        return (-torch.log(A + LOSS_EPS) + self.bpreg * Q).sum()
 
     # -- one step (bptt = 1) --------------------------------------------------------------------
     def step(self, x, y, reset, neg, drop_embed, drop_hidden):
@@ -157,8 +174,11 @@ class TorchGRU4RecTwin:
                 ls = self.log_support.index_select(0, cols)
                 adj = torch.cat([ls[:n], self.alpha * ls[n:]]) if S else ls
                 R = R - self.logq * adj
-            sp = torch.softmax(R, dim=1).diagonal()  # positive of row i is column i
-            loss = -torch.log(sp + LOSS_EPS).sum() * self.inv_batch
+            if self.loss == "bpr-max":
+                loss = self._bpr_max(R, n) * self.inv_batch
+            else:
+                sp = torch.softmax(R, dim=1).diagonal()  # positive of row i is column i
+                loss = -torch.log(sp + LOSS_EPS).sum() * self.inv_batch
         leaves = [emb] + ([O_leaf, bias_leaf] if O_leaf is not None else [])
         if loss is not None:
             grads = torch.autograd.grad(loss, self.dense + leaves)

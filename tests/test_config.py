@@ -24,6 +24,7 @@ ALLOWED = {
     "cell", "layers", "embedding", "embedding_dim", "loss", "elu_param", "bpreg", "logq",
     "n_sample", "sample_alpha", "full_softmax", "batch_size", "dropout_embed", "dropout_hidden",
     "bptt", "optimizer", "learning_rate", "momentum", "n_epochs", "seed", "num_threads",
+    "precision",
 }  # fmt: skip
 
 # Official values (hidasib/GRU4Rec_PyTorch_Official, paramfiles/*_best.py).

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "seqrec/gemm.h"
 #include "seqrec/parallel.h"
 #include "seqrec/rank.h"
 #include "seqrec/sequence.h"
@@ -624,6 +625,15 @@ double cfg_num(const Args& args, const py::dict& cfg, const char* key, double df
   }
 }
 
+bool cpu_supports_bf16() {
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
 seqrec::TrainConfig parse_config(const Args& args, const py::dict& cfg) {
   seqrec::TrainConfig c;
   const std::string loss = cfg.contains("loss") ? py::str(cfg["loss"]).cast<std::string>() : "cross-entropy";
@@ -651,6 +661,16 @@ seqrec::TrainConfig parse_config(const Args& args, const py::dict& cfg) {
   if (!(c.opt.lr > 0)) args.value_error("config['learning_rate'] must be > 0");
   if (c.opt.momentum < 0) args.value_error("config['momentum'] must be >= 0");
   if (c.opt.step < 1) args.value_error("config['step'] must be >= 1");
+  // precision: "default" (products in the arrays' dtype; "float32"/"float64" name it) or "bf16"
+  const std::string prec = cfg.contains("precision") ? py::str(cfg["precision"]).cast<std::string>() : "default";
+  if (prec == "bf16") c.bf16 = true;
+  else if (prec != "default" && prec != "float32" && prec != "float64")
+    args.value_error("config['precision'] must be 'default', 'float32', 'float64' or 'bf16'; got '" + prec + "'");
+  if (c.bf16 && !seqrec::bf16_available())
+    args.value_error(std::string("config['precision'] = 'bf16' needs AVX-512-BF16 and the avx512 build; "
+                                 "this is the '") + SEQREC_ISA + "' build" +
+                     (cpu_supports_bf16() ? " (the CPU has avx512_bf16)" : " on a CPU without avx512_bf16") +
+                     " (train with precision 'default' / float32 instead)");
   return c;
 }
 
@@ -682,6 +702,8 @@ py::tuple train_chunk_impl(const Args& args, const std::string& embedding, py::s
     args.value_error("state1 and state2 must have one entry per parameter (" + std::to_string(P) + ")");
   }
   std::vector<py::array> keep;
+  if (cfg.bf16 && !std::is_same<T, float>::value)
+    args.type_error("config['precision'] = 'bf16' trains float32 master weights; params are float64");
   const bool need_s2 = cfg.opt.kind == seqrec::Optim::Adam || cfg.opt.momentum > 0;
   // W_y first: it fixes N and H_L.
   auto Wy = args.array<T>(params[3 * L], "params[W_y]", {ANY, ANY}, "(N, H_L)");
@@ -1433,6 +1455,7 @@ bool cpu_supports(const std::string& feature) {
   if (feature == "avx512bw") return __builtin_cpu_supports("avx512bw");
   if (feature == "avx512dq") return __builtin_cpu_supports("avx512dq");
   if (feature == "avx512vl") return __builtin_cpu_supports("avx512vl");
+  if (feature == "avx512bf16") return __builtin_cpu_supports("avx512bf16");
 #else
   (void)feature;
 #endif
@@ -1456,6 +1479,40 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
   m.def("openmp_enabled", &seqrec::have_openmp, "True when the kernels were built with OpenMP.");
   m.def("cpu_supports", &cpu_supports, py::arg("feature"),
         "Whether this CPU supports an x86 feature ('avx2', 'fma', 'f16c', 'avx512f', ...).");
+  m.def("bf16_available", &seqrec::bf16_available,
+        "Whether this build and CPU run bfloat16 products (AVX-512-BF16, vdpbf16ps): the avx512 "
+        "variant on a CPU with avx512_bf16.");
+  m.def("gemm_bf16",
+        [](py::object A_, py::object B_, bool trans_a, bool trans_b) {
+          Args a{"gemm_bf16"};
+          if (!seqrec::bf16_available())
+            a.value_error(std::string("needs AVX-512-BF16 and the avx512 build; this is the '") +
+                          SEQREC_ISA + "' build on " +
+                          (cpu_supports_bf16() ? "a CPU with" : "a CPU without") + " avx512_bf16");
+          py::array A = a.array<float>(A_, "A", {ANY, ANY}, trans_a ? "(K, M)" : "(M, K)");
+          const Index M = A.shape(trans_a ? 1 : 0), K = A.shape(trans_a ? 0 : 1);
+          py::array B = a.array<float>(B_, "B", {trans_b ? ANY : K, trans_b ? K : ANY},
+                                       trans_b ? "(N, K)" : "(K, N)");
+          const Index N = B.shape(trans_b ? 0 : 1);
+          py::array_t<float> C({M, N});
+          {
+            py::gil_scoped_release release;
+            using CM = seqrec::CMapR<float>;
+            seqrec::MapR<float> Cm(C.mutable_data(), M, N);
+            const float* pa = static_cast<const float*>(A.data());
+            const float* pb = static_cast<const float*>(B.data());
+            if (!trans_a && !trans_b) seqrec::gemm_bf16(Cm, CM(pa, M, K), CM(pb, K, N), false);
+            else if (trans_a && !trans_b) seqrec::gemm_bf16(Cm, CM(pa, K, M).transpose(), CM(pb, K, N), false);
+            else if (!trans_a) seqrec::gemm_bf16(Cm, CM(pa, M, K), CM(pb, N, K).transpose(), false);
+            else seqrec::gemm_bf16(Cm, CM(pa, K, M).transpose(), CM(pb, N, K).transpose(), false);
+          }
+          return C;
+        },
+        py::arg("A"), py::arg("B"), py::arg("trans_a") = false, py::arg("trans_b") = false,
+        "C (M, N) = op(A) · op(B) with both operands rounded to bfloat16 (nearest even) and float32 "
+        "accumulation: the product of precision='bf16' training. A (M, K) float32, or (K, M) with "
+        "trans_a; B (K, N) float32, or (N, K) with trans_b. Raises ValueError where bf16_available() "
+        "is False.");
   m.def("max_threads", &max_threads, "OpenMP's default thread count (1 without OpenMP).");
   // Thread policy of every kernel's parallel loop (parallel.h; issue 14).
   m.def("parallel_backend", &seqrec::parallel_backend,

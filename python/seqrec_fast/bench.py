@@ -57,6 +57,10 @@ WORKER_TAG = "@@seqrec_bench@@"
 # official GRU4Rec RSC15 setting otherwise (bench_train.SETTING: cross-entropy + logQ, n_sample 2048).
 TRAIN_BATCHES = (32, 128, 512)
 TRAIN_HIDDEN = (64, 100, 256)
+# The other official settings (bench_train.SETTINGS: configs/yoochoose.toml H = 480 B = 48, and
+# configs/diginetica.toml H = 512 B = 128 BPR-max), each with a bf16 C++ row where the CPU has
+# AVX-512-BF16 (the RSC15 setting's B = 32, H = 100 row gets one too).
+TRAIN_SETTINGS = ("yoochoose", "diginetica")
 SERVING_SIZES_QUICK = (3_000, 40_000)
 SERVING_SIZES_FULL = (3_000, 40_000, 100_000, 1_000_000)
 
@@ -258,8 +262,10 @@ def run_kernels(bench_dir: Path, quick: bool, threads=(1, 2)) -> list[dict]:
 # training sweep (batch size, hidden size)
 # ---------------------------------------------------------------------------------------------------
 @contextmanager
-def _setting(bt, B: int, H: int):
+def _setting(bt, B: int, H: int, name: str = "rsc15"):
     saved = dict(bt.SETTING)
+    bt.SETTING.clear()
+    bt.SETTING.update(getattr(bt, "SETTINGS", {}).get(name, saved))
     bt.SETTING.update(batch_size=B, layers=[H])
     try:
         yield
@@ -274,12 +280,19 @@ def train_configs() -> list[tuple[int, int]]:
 
 
 def _train_config(bt, B: int, H: int, sides: Sequence[str], threads, steps: int, repeats: int,
-                  data_path: Optional[str]) -> list[dict]:
-    """Validates (float64, 3 steps, to 1e-8 vs the reference), then times the given step-level sides
-    of bench_train on identical pre-drawn inputs, each repeat from the same initial state."""
+                  data_path: Optional[str], setting: str = "rsc15", bf16: bool = False) -> list[dict]:
+    """Validates (float64, 3 steps, to 1e-8 vs the reference; the bf16 side against the reference's
+    bf16 products in float32), then times the given step-level sides of bench_train on identical
+    pre-drawn inputs, each repeat from the same initial state. ``setting``: a key of
+    bench_train.SETTINGS; ``bf16``: also time the C++ trainer with precision='bf16'."""
+    import dataclasses
+
     import numpy as np
 
-    with _setting(bt, B, H):
+    from . import _core
+
+    bf16 = bf16 and "cpp" in sides and _core.bf16_available()
+    with _setting(bt, B, H, setting):
         c64 = bt.build_case(n_steps=3, dtype=np.float64, data_path=data_path)
         checks = {}
         if "cpp" in sides:
@@ -288,6 +301,12 @@ def _train_config(bt, B: int, H: int, sides: Sequence[str], threads, steps: int,
         if "torch" in sides:
             checks["torch"] = bt.check_torch_twin(c64, 3, 1e-8)
         case = bt.build_case(n_steps=steps, dtype=np.float32, data_path=data_path)
+        if bf16:
+            c16 = bt.build_case(n_steps=3, dtype=np.float32, data_path=data_path)
+            c16 = dataclasses.replace(c16, config=dict(c16.config, precision="bf16"))
+            checks["cpp_bf16"] = bt._compare("C++ bf16", c16, 3, 2e-3,
+                                             lambda c, s, k: bt.run_cpp(c, s, max(threads), k), 2e-2)
+            case16 = dataclasses.replace(case, config=dict(case.config, precision="bf16"))
     sizes = {"B": B, "H": H, "n_sample": case.extra["S"], "n_items": case.extra["n_items"],
              "steps": int(case.x.shape[0])}
     runs = []
@@ -295,6 +314,9 @@ def _train_config(bt, B: int, H: int, sides: Sequence[str], threads, steps: int,
         if "cpp" in sides:
             runs.append(("seqrec_fast C++", "cpp", nt, lambda st, nt=nt: bt.run_cpp(case, st, nt),
                          {"openmp": nt}, None))
+        if bf16:
+            runs.append(("seqrec_fast C++ bf16", "cpp", nt,
+                         lambda st, nt=nt: bt.run_cpp(case16, st, nt), {"openmp": nt}, "bf16"))
         if "numpy" in sides:
             runs.append(("NumPy reference", "numpy", nt, lambda st: bt.run_ref(case, st), {"blas": nt},
                          "blas"))
@@ -324,10 +346,11 @@ def _train_config(bt, B: int, H: int, sides: Sequence[str], threads, steps: int,
             if fl.cores is not None:
                 fls[i].append(fl.cores * secs[i][-1])  # other processes' busy CPU seconds
     out = []
-    for i, (side, role, nt, _, pinned, _) in enumerate(runs):
+    for i, (side, role, nt, _, pinned, how) in enumerate(runs):
         rates = [case.n_events / x for x in secs[i]]
         med, p10, p90 = _quantiles(rates)
-        out.append(_rec("train", "train steps (rsc15 setting)", side, role, nt, sizes, median=med,
+        extra = {"precision": "bf16"} if how == "bf16" else {}
+        out.append(_rec("train", f"train steps ({setting} setting)", side, role, nt, sizes, median=med,
                         p10=p10, p90=p90, unit="events/s", higher_is_better=True,
                         repeats=repeats, pinned=pinned, events=case.n_events,
                         foreign_load_cores=(sum(fls[i]) / sum(secs[i][:len(fls[i])])
@@ -336,9 +359,10 @@ def _train_config(bt, B: int, H: int, sides: Sequence[str], threads, steps: int,
                         validated={k: {kk: v[kk] for kk in ("steps", "loss_max_rel_diff",
                                                              "max_param_diff")}
                                    for k, v in checks.items()
-                                   if (role == "cpp" and k.startswith("cpp"))
+                                   if (role == "cpp" and k.startswith("cpp")
+                                       and (k == "cpp_bf16") == (how == "bf16"))
                                    or (role == "torch" and k == "torch")}
-                        or "is the reference"))
+                        or "is the reference", **extra))
     return out
 
 
@@ -349,9 +373,23 @@ def _train_sweep_local(bench_dir: Path, sides, threads, steps, repeats, data_pat
     recs = []
     for B, H in train_configs():
         t0 = time.perf_counter()
-        recs += _train_config(bt, B, H, sides, threads, steps, repeats, data_path)
+        recs += _train_config(bt, B, H, sides, threads, steps, repeats, data_path,
+                              bf16=(B, H) == (32, 100))
         print(f"  train B={B} H={H} [{','.join(sides)}]: {time.perf_counter() - t0:.1f} s",
               file=sys.stderr)
+    for name in TRAIN_SETTINGS if hasattr(bt, "SETTINGS") else ():
+        st = bt.SETTINGS[name]
+        B, H = st["batch_size"], st["layers"][-1]
+        path = data_path
+        if path is None:
+            path = bt.setting_data_path(name)
+            if path is not None and not Path(path).is_file():
+                path = None  # bench_train falls back to rsc15_100k / synthetic data
+        t0 = time.perf_counter()
+        recs += _train_config(bt, B, H, sides, threads, max(4, steps // 2), repeats, path,
+                              setting=name, bf16=True)
+        print(f"  train {name} setting B={B} H={H} [{','.join(sides)}]: "
+              f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return recs
 
 

@@ -39,6 +39,7 @@ MODEL_PARAMS: frozenset[str] = frozenset(
         "n_epochs",
         "seed",
         "num_threads",
+        "precision",
     }
 )
 

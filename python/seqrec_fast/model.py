@@ -26,6 +26,7 @@ import inspect
 import json
 import math
 import time
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -101,6 +102,13 @@ class SessionRNN:
     num_threads : int or None
         Threads of the C++ kernels (default: the cores this process may use).
     dtype : {'float32', 'float64'}
+    precision : {None, 'float32', 'bf16'}
+        Precision of the training products. None (or the dtype's name) computes them in ``dtype``.
+        'bf16' rounds both operands of every training product to bfloat16 and accumulates in
+        float32 (AVX-512-BF16, vdpbf16ps), with float32 master weights, optimizer state and
+        everything else; it needs ``dtype='float32'``. Where the CPU or the build lacks the
+        instructions, training warns (RuntimeWarning) and runs in float32; ``precision_`` says
+        what was used. Evaluation and serving always compute in float32.
     progress : bool
         Show a progress bar (tqdm) while training.
     verbose : bool
@@ -152,6 +160,7 @@ class SessionRNN:
         seed: Optional[int] = 0,
         num_threads: Optional[int] = None,
         dtype: str = "float32",
+        precision: str | None = None,
         progress: bool = True,
         verbose: bool = True,
         early_stopping: Optional[int] = None,
@@ -183,6 +192,7 @@ class SessionRNN:
         self.seed = seed
         self.num_threads = num_threads
         self.dtype = dtype
+        self.precision = precision
         self.progress = progress
         self.verbose = verbose
         self.early_stopping = early_stopping
@@ -228,6 +238,13 @@ class SessionRNN:
         choice("loss", LOSSES)
         choice("optimizer", OPTIMIZERS)
         choice("dtype", ("float32", "float64"))
+        choice("precision", (None, "float32", "float64", "bf16"))
+        if p["precision"] in ("float32", "float64") and p["precision"] != p["dtype"]:
+            raise ValueError(f"precision={p['precision']!r} differs from dtype={p['dtype']!r}; use "
+                             "precision=None (products in dtype) or 'bf16'")
+        if p["precision"] == "bf16" and p["dtype"] != "float32":
+            raise ValueError("precision='bf16' trains float32 master weights: it needs "
+                             f"dtype='float32'; got dtype={p['dtype']!r}")
         layers = p["layers"]
         if isinstance(layers, (int, np.integer)):
             layers = [int(layers)]
@@ -604,6 +621,7 @@ class SessionRNN:
             w = np.where(support > 0, np.maximum(support, 1e-12) ** p["sample_alpha"], 0.0)
             sampler = AliasSampler(w)
         log_support = np.log(np.maximum(support, 1.0)).astype(p["dtype"])
+        self.precision_ = _training_precision(p)
         self.history_ = []
         best = None
         patience = 0
@@ -665,6 +683,7 @@ class SessionRNN:
             "logq": p["logq"], "sample_alpha": p["sample_alpha"],
             "full_softmax": p["full_softmax"], "batch_size": B, "optimizer": p["optimizer"],
             "learning_rate": p["learning_rate"], "momentum": p["momentum"],
+            "precision": self.precision_,
         }
         S = p["n_sample"] if sampler is not None else 0
         meter = Throughput()
@@ -1150,6 +1169,23 @@ def _short_repr(v: Any) -> str:
     if hasattr(v, "shape") and hasattr(v, "columns"):
         return f"<DataFrame {v.shape[0]}x{v.shape[1]}>"
     return repr(v)
+
+
+def _training_precision(p: dict) -> str:
+    """The precision the products will run in: 'bf16' where asked for and the CPU and build have
+    AVX-512-BF16, else the dtype's name (with a RuntimeWarning when bf16 was asked for)."""
+    if p["precision"] != "bf16":
+        return p["dtype"]
+    if _core.bf16_available():
+        return "bf16"
+    if not _core.cpu_supports("avx512bf16"):
+        reason = "this CPU lacks AVX-512-BF16 (avx512_bf16)"
+    else:
+        reason = (f"the loaded kernel variant is {getattr(_core, '_isa', '?')!r}, not 'avx512' "
+                  "(SEQREC_FAST_ISA, or the avx512 module is missing from this build)")
+    warnings.warn(f"precision='bf16' needs bfloat16 dot-product instructions, but {reason}; "
+                  "training in float32 instead (precision_ = 'float32')", RuntimeWarning, stacklevel=3)
+    return "float32"
 
 
 @functools.lru_cache(maxsize=8)

@@ -26,6 +26,8 @@ import numpy as np
 __all__ = [
     "CELLS",
     "GATES",
+    "bf16_round",
+    "gemm_bf16",
     "gru_backward",
     "gru_forward",
     "lstm_backward",
@@ -47,11 +49,49 @@ def sigmoid(a: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# bfloat16 products (twin of gemm.h)
+
+
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bfloat16 (nearest even; NaN stays NaN), returned as float32."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
+    r = np.where(nan, (u >> 16) | 0x40, r)
+    return (r.astype(np.uint32) << 16).view(np.float32)
+
+
+def gemm_bf16(A, B, trans_a: bool = False, trans_b: bool = False):
+    """``op(A) (M, K) · op(B) (K, N)`` with both operands rounded to bfloat16 and the sum of exact
+    products in float64, rounded to float32. A (M, K) or (K, M) with trans_a; B (K, N) or (N, K)
+    with trans_b. Denormal operands count as zero (the instruction's DAZ). The C++ kernel sums in
+    float32, so the two agree to ~K float32 roundings."""
+    A = _bf16_daz(bf16_round(A.T if trans_a else A))
+    B = _bf16_daz(bf16_round(B.T if trans_b else B))
+    return (A.astype(np.float64) @ B.astype(np.float64)).astype(np.float32)
+
+
+def _bf16_daz(x):
+    """Denormal bfloat16 operands count as zero in vdpbf16ps (DAZ); so they do here."""
+    return np.where(np.abs(x) < np.float32(2.0**-126), np.float32(0), x)
+
+
+def _mm(a, b, bf16: bool = False):
+    """``a @ b``, or its bfloat16 product (float32 result) when ``bf16``."""
+    return gemm_bf16(a, b) if bf16 else a @ b
+
+
+# --------------------------------------------------------------------------------------------
 # Single steps
 
 
-def rnn_forward(x, h, W_x, W_h, b, num_threads: int = 1):
-    """One Elman step. x (B, E), h (B, H), W_x (E, H), W_h (H, H), b (H,) -> h_new (B, H)."""
+def rnn_forward(x, h, W_x, W_h, b, num_threads: int = 1, bf16: bool = False, bf16_x=None):
+    """One Elman step. x (B, E), h (B, H), W_x (E, H), W_h (H, H), b (H,) -> h_new (B, H).
+    ``bf16``: products in bfloat16 (:func:`gemm_bf16`), as precision='bf16' training does;
+    ``bf16_x`` overrides it for ``x·W_x`` (False: a one-hot input, a row gather in C++)."""
+    if bf16:
+        bx = bf16 if bf16_x is None else bf16_x
+        return np.tanh(_mm(x, W_x, bx) + b + _mm(h, W_h, True))
     return np.tanh(x @ W_x + h @ W_h + b)
 
 
@@ -61,31 +101,33 @@ def rnn_backward(dh_new, x, h, h_new, W_x, W_h, num_threads: int = 1):
     return dA @ W_x.T, dA @ W_h.T, x.T @ dA, h.T @ dA, dA.sum(axis=0)
 
 
-def gru_forward(x, h, W_x, W_h, b, num_threads: int = 1):
+def gru_forward(x, h, W_x, W_h, b, num_threads: int = 1, bf16: bool = False, bf16_x=None):
     """One GRU4Rec GRU step.
 
     x (B, E), h (B, H), W_x (E, 3H), W_h (H, 3H), b (3H,).
     Returns ``(h_new (B, H), gates (B, 3H))`` with gates the activated ``[r, z, c]``.
+    ``bf16``: products in bfloat16 (:func:`gemm_bf16`), as precision='bf16' training does;
+    ``bf16_x`` overrides it for ``x·W_x``.
     """
     H = h.shape[1]
-    a = x @ W_x + b
-    rz = sigmoid(a[:, : 2 * H] + h @ W_h[:, : 2 * H])
+    a = _mm(x, W_x, bf16 if bf16_x is None else bf16_x) + b
+    rz = sigmoid(a[:, : 2 * H] + _mm(h, W_h[:, : 2 * H], bf16))
     r, z = rz[:, :H], rz[:, H:]
-    c = np.tanh(a[:, 2 * H :] + (r * h) @ W_h[:, 2 * H :])
+    c = np.tanh(a[:, 2 * H :] + _mm(r * h, W_h[:, 2 * H :], bf16))
     h_new = (1.0 - z) * h + z * c
     return h_new, np.concatenate([rz, c], axis=1)
 
 
-def _gru_step_backward(dh, gates, h, W_h):
+def _gru_step_backward(dh, gates, h, W_h, bf16: bool = False):
     """Gradient of the pre-activations (B, 3H) and of the entering state, plus r⊙h."""
     H = h.shape[1]
     r, z, c = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :]
     da_z = dh * (c - h) * z * (1.0 - z)
     da_c = dh * z * (1.0 - c * c)
-    drh = da_c @ W_h[:, 2 * H :].T
+    drh = _mm(da_c, W_h[:, 2 * H :].T, bf16)
     da_r = drh * h * r * (1.0 - r)
     dA = np.concatenate([da_r, da_z, da_c], axis=1)
-    dh_prev = dh * (1.0 - z) + drh * r + dA[:, : 2 * H] @ W_h[:, : 2 * H].T
+    dh_prev = dh * (1.0 - z) + drh * r + _mm(dA[:, : 2 * H], W_h[:, : 2 * H].T, bf16)
     return dA, dh_prev, r * h
 
 
@@ -97,14 +139,15 @@ def gru_backward(dh_new, x, h, gates, W_x, W_h, num_threads: int = 1):
     return dA @ W_x.T, dh, x.T @ dA, dW_h, dA.sum(axis=0)
 
 
-def lstm_forward(x, h, c, W_x, W_h, b, num_threads: int = 1):
+def lstm_forward(x, h, c, W_x, W_h, b, num_threads: int = 1, bf16: bool = False, bf16_x=None):
     """One LSTM step.
 
     x (B, E), h and c (B, H), W_x (E, 4H), W_h (H, 4H), b (4H,).
     Returns ``(h_new, c_new, gates)`` with gates (B, 4H) the activated ``[i, f, g, o]``.
     """
     H = h.shape[1]
-    a = x @ W_x + h @ W_h + b
+    bx = bf16 if bf16_x is None else bf16_x
+    a = (_mm(x, W_x, bx) + b + _mm(h, W_h, True)) if bf16 else x @ W_x + h @ W_h + b
     i, f = sigmoid(a[:, :H]), sigmoid(a[:, H : 2 * H])
     g, o = np.tanh(a[:, 2 * H : 3 * H]), sigmoid(a[:, 3 * H :])
     c_new = f * c + i * g
@@ -112,7 +155,7 @@ def lstm_forward(x, h, c, W_x, W_h, b, num_threads: int = 1):
     return h_new, c_new, np.concatenate([i, f, g, o], axis=1)
 
 
-def _lstm_step_backward(dh, dc, gates, c, c_new, W_h):
+def _lstm_step_backward(dh, dc, gates, c, c_new, W_h, bf16: bool = False):
     H = c.shape[1]
     i, f, g, o = (gates[:, k * H : (k + 1) * H] for k in range(4))
     tc = np.tanh(c_new)
@@ -126,7 +169,7 @@ def _lstm_step_backward(dh, dc, gates, c, c_new, W_h):
         ],
         axis=1,
     )
-    return dA, dA @ W_h.T, dct * f
+    return dA, _mm(dA, W_h.T, bf16), dct * f
 
 
 def lstm_backward(dh_new, dc_new, x, h, c, c_new, gates, W_x, W_h, num_threads: int = 1):
@@ -155,8 +198,13 @@ def sequence_forward(
     weights: Sequence[tuple],
     drop: Optional[Sequence[Optional[np.ndarray]]] = None,
     num_threads: int = 1,
+    bf16: bool = False,
+    bf16_input: bool | None = None,
 ):
     """Forward over a window of T steps through L stacked layers.
+
+    ``bf16``: every product in bfloat16 (:func:`gemm_bf16`); ``bf16_input`` overrides it for layer
+    0's input product (False for a one-hot input, which C++ gathers instead of multiplying).
 
     Parameters
     ----------
@@ -198,19 +246,21 @@ def sequence_forward(
             d["c_out"] = np.empty((T, B, H), X.dtype)
         h = h0[l]
         c = c0[l] if cell == "lstm" else None
+        bx = bf16 if (l > 0 or bf16_input is None) else bf16_input
         for t in range(T):
             keep = _keep(reset, t, B, X.dtype)
             h = h * keep
             d["h_in"][t] = h
             if cell == "rnn":
-                h = rnn_forward(inp[t], h, W_x, W_h, b)
+                h = rnn_forward(inp[t], h, W_x, W_h, b, bf16=bf16, bf16_x=bx)
                 d["gates"][t] = h
             elif cell == "gru":
-                h, d["gates"][t] = gru_forward(inp[t], h, W_x, W_h, b)
+                h, d["gates"][t] = gru_forward(inp[t], h, W_x, W_h, b, bf16=bf16, bf16_x=bx)
             else:
                 c = c * keep
                 d["c_in"][t] = c
-                h, c, d["gates"][t] = lstm_forward(inp[t], h, c, W_x, W_h, b)
+                h, c, d["gates"][t] = lstm_forward(inp[t], h, c, W_x, W_h, b, bf16=bf16,
+                                                   bf16_x=bx)
                 d["c_out"][t] = c
             if mask is not None:
                 h = h * mask[t]
@@ -234,8 +284,11 @@ def sequence_backward(
     cache: Sequence[dict],
     drop: Optional[Sequence[Optional[np.ndarray]]] = None,
     num_threads: int = 1,
+    bf16: bool = False,
+    bf16_input: bool | None = None,
 ):
-    """Truncated BPTT over the window of :func:`sequence_forward`.
+    """Truncated BPTT over the window of :func:`sequence_forward` (``bf16``, ``bf16_input`` as
+    there).
 
     Gradients flow back through every step of the window and never across a reset.
 
@@ -278,24 +331,25 @@ def sequence_backward(
             h_in = d["h_in"][t]
             if cell == "rnn":
                 dA = dh * (1.0 - d["gates"][t] ** 2)
-                dh_prev = dA @ W_h.T
-                dW_h += h_in.T @ dA
+                dh_prev = _mm(dA, W_h.T, bf16)
+                dW_h += _mm(h_in.T, dA, bf16)
             elif cell == "gru":
-                dA, dh_prev, rh = _gru_step_backward(dh, d["gates"][t], h_in, W_h)
-                dW_h[:, : 2 * H] += h_in.T @ dA[:, : 2 * H]
-                dW_h[:, 2 * H :] += rh.T @ dA[:, 2 * H :]
+                dA, dh_prev, rh = _gru_step_backward(dh, d["gates"][t], h_in, W_h, bf16)
+                dW_h[:, : 2 * H] += _mm(h_in.T, dA[:, : 2 * H], bf16)
+                dW_h[:, 2 * H :] += _mm(rh.T, dA[:, 2 * H :], bf16)
             else:
                 dA, dh_prev, dc_prev = _lstm_step_backward(
-                    dh, carry_c, d["gates"][t], d["c_in"][t], d["c_out"][t], W_h
+                    dh, carry_c, d["gates"][t], d["c_in"][t], d["c_out"][t], W_h, bf16
                 )
-                dW_h += h_in.T @ dA
+                dW_h += _mm(h_in.T, dA, bf16)
             keep = _keep(reset, t, B, X.dtype)
             carry = dh_prev * keep
             if cell == "lstm":
                 carry_c = dc_prev * keep
-            dW_x += inp[t].T @ dA
+            bx = bf16 if (l > 0 or bf16_input is None) else bf16_input
+            dW_x += _mm(inp[t].T, dA, bx)
             db += dA.sum(axis=0)
-            dIn[t] = dA @ W_x.T
+            dIn[t] = _mm(dA, W_x.T, bx)
         dh0[l], dc0[l], grads[l] = carry, carry_c, (dW_x, dW_h, db)
         dOut = dIn
     return dOut, dh0, (dc0 if cell == "lstm" else None), grads
@@ -481,6 +535,7 @@ def train_chunk(
     alpha = config.get("sample_alpha", 0.5)
     inv_batch = 1.0 / config.get("batch_size", 32)
     step0 = int(config.get("step", 1))
+    bf16 = config.get("precision", "default") == "bf16"  # every product in bfloat16 (gemm_bf16)
     S = 0 if neg is None else neg.shape[2]
     losses, counts = np.zeros(K), np.zeros(K, np.int64)
     updates = 0
@@ -500,7 +555,9 @@ def train_chunk(
                 X0 *= drop_embed[k]
         dh = None if drop_hidden is None else [d[k] if d is not None else None for d in drop_hidden]
         c0 = list(cell_state) if cell == "lstm" else None
-        Y, h_last, c_last, cache = sequence_forward(cell, X0, list(hidden), c0, rk, W, dh)
+        b_in = None if embedding != "onehot" else False  # one-hot rows are gathered, not multiplied
+        Y, h_last, c_last, cache = sequence_forward(cell, X0, list(hidden), c0, rk, W, dh, bf16=bf16,
+                                                    bf16_input=b_in)
         dY = np.zeros_like(Y)
         gy, gb = _RowGrads(), _RowGrads()
         gWy_full = np.zeros_like(W_y) if full else None
@@ -517,7 +574,7 @@ def train_chunk(
             else:
                 cols = np.concatenate([yk[t, act], neg[k, t]]) if S else yk[t, act]
                 O, bias, pos = W_eff[cols], b_y[cols], np.arange(n)
-            R = Ya @ O.T + bias
+            R = _mm(Ya, O.T, bf16) + bias
             if logq > 0 and not full:
                 ls = log_support[cols]
                 R = R - dt(logq) * np.concatenate([ls[:n], dt(alpha) * ls[n:]])
@@ -525,17 +582,18 @@ def train_chunk(
             dR = (g * dt(inv_batch)).astype(W_y.dtype)
             wloss += float(np.sum(lrows.astype(np.float64))) * inv_batch
             wcount += n
-            dY[t, act] = dR @ O
+            dY[t, act] = _mm(dR, O, bf16)
             if full:
-                gWy_full += dR.T @ Ya
+                gWy_full += _mm(dR.T, Ya, bf16)
                 gby_full += dR.sum(axis=0)
             else:
-                gy.add(cols, dR.T @ Ya)
+                gy.add(cols, _mm(dR.T, Ya, bf16))
                 gb.add(cols, dR.sum(axis=0)[:, None])
         losses[k], counts[k] = wloss, wcount
         if not np.isfinite(wloss):
             return losses, counts, k, True, updates
-        dX0, _, _, grads = sequence_backward(cell, dY, None, None, X0, rk, W, cache, dh)
+        dX0, _, _, grads = sequence_backward(cell, dY, None, None, X0, rk, W, cache, dh, bf16=bf16,
+                                             bf16_input=b_in)
         # input-embedding gradients
         if embedding != "onehot":
             gin = dX0[valid]

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "activations.h"
+#include "gemm.h"
 #include "types.h"
 
 namespace seqrec {
@@ -16,16 +17,18 @@ namespace seqrec {
 // W_h   (H, 3H)
 // h_out (n, H)   out: h'
 // rh    (n, H)   scratch
+// bf16           products in bfloat16 with float32 accumulation (gemm.h); float only
 template <class T>
-void gru_step_forward(Index n, Index H, T* a, const T* h, const T* W_h, T* h_out, T* rh) {
+void gru_step_forward(Index n, Index H, T* a, const T* h, const T* W_h, T* h_out, T* rh,
+                      bool bf16 = false) {
   MapR<T> A(a, n, 3 * H);
   CMapR<T> Hm(h, n, H);
   CMapR<T> Wh(W_h, H, 3 * H);
-  A.leftCols(2 * H).noalias() += Hm * Wh.leftCols(2 * H);
+  product(bf16, A.leftCols(2 * H), Hm, Wh.leftCols(2 * H), true);
   activate_cols(Act::Logistic, a, n, 3 * H, 0, 2 * H);
   MapR<T> RH(rh, n, H);
   RH = A.leftCols(H).array() * Hm.array();
-  A.rightCols(H).noalias() += RH * Wh.rightCols(H);
+  product(bf16, A.rightCols(H), RH, Wh.rightCols(H), true);
   activate_cols(Act::Tanh, a, n, 3 * H, 2 * H, H);
   // h' = (1−z)⊙h + z⊙c = h + z⊙(c − h)
   MapR<T>(h_out, n, H) =
@@ -40,9 +43,13 @@ void gru_step_forward(Index n, Index H, T* a, const T* h, const T* W_h, T* h_out
 // dh_prev (n, H)   out: gradient of the entering state (before the reset mask)
 // rh      (n, H)   out: r⊙h, kept for dW_hc
 // drh     (n, H)   scratch
+// bf16             as in gru_step_forward
+// need_dh_prev     false: dh_prev is not computed (the first step of a truncated window, whose
+//                  entering-state gradient nobody reads; saves the (n, 2H)·(2H, H) product)
 template <class T>
 void gru_step_backward(Index n, Index H, const T* dh, const T* gates, const T* h, const T* W_h,
-                       T* dA, T* dh_prev, T* rh, T* drh) {
+                       T* dA, T* dh_prev, T* rh, T* drh, bool bf16 = false,
+                       bool need_dh_prev = true) {
   CMapR<T> G(gates, n, 3 * H);
   CMapR<T> Hm(h, n, H);
   CMapR<T> Wh(W_h, H, 3 * H);
@@ -56,12 +63,13 @@ void gru_step_backward(Index n, Index H, const T* dh, const T* gates, const T* h
   auto c = G.rightCols(H).array();
   DA.middleCols(H, H) = DH.array() * (c - Hm.array()) * z * (T(1) - z);
   DA.rightCols(H) = DH.array() * z * (T(1) - c.square());
-  DHP = DH.array() * (T(1) - z);
-  DRH.noalias() = DA.rightCols(H) * Wh.rightCols(H).transpose();
+  product(bf16, DRH, DA.rightCols(H), Wh.rightCols(H).transpose());
   DA.leftCols(H) = DRH.array() * Hm.array() * r * (T(1) - r);
-  DHP.array() += DRH.array() * r;
-  DHP.noalias() += DA.leftCols(2 * H) * Wh.leftCols(2 * H).transpose();
   RH = r * Hm.array();
+  if (!need_dh_prev) return;
+  DHP = DH.array() * (T(1) - z);
+  DHP.array() += DRH.array() * r;
+  product(bf16, DHP, DA.leftCols(2 * H), Wh.leftCols(2 * H).transpose(), true);
 }
 
 }  // namespace seqrec

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "activations.h"
+#include "gemm.h"
 #include "types.h"
 
 namespace seqrec {
@@ -14,11 +15,12 @@ namespace seqrec {
 // h, c  (n, H)   state entering the step
 // W_h   (H, 4H)
 // h_out, c_out (n, H)  out: h', c'
+// bf16  products in bfloat16 with float32 accumulation (gemm.h); float only
 template <class T>
 void lstm_step_forward(Index n, Index H, T* a, const T* h, const T* c, const T* W_h, T* h_out,
-                       T* c_out) {
+                       T* c_out, bool bf16 = false) {
   MapR<T> A(a, n, 4 * H);
-  A.noalias() += CMapR<T>(h, n, H) * CMapR<T>(W_h, H, 4 * H);
+  product(bf16, A, CMapR<T>(h, n, H), CMapR<T>(W_h, H, 4 * H), true);
   activate_cols(Act::Logistic, a, n, 4 * H, 0, 2 * H);
   activate_cols(Act::Tanh, a, n, 4 * H, 2 * H, H);
   activate_cols(Act::Logistic, a, n, 4 * H, 3 * H, H);
@@ -37,7 +39,8 @@ void lstm_step_forward(Index n, Index H, T* a, const T* h, const T* c, const T* 
 // dh_prev, dc_prev (n, H)  out: gradients of the entering state (before the reset mask)
 template <class T>
 void lstm_step_backward(Index n, Index H, const T* dh, const T* dc, const T* gates, const T* c,
-                        const T* c_out, const T* W_h, T* dA, T* dh_prev, T* dc_prev) {
+                        const T* c_out, const T* W_h, T* dA, T* dh_prev, T* dc_prev,
+                        bool bf16 = false, bool need_dh_prev = true) {
   CMapR<T> G(gates, n, 4 * H);
   auto i = G.leftCols(H).array();
   auto f = G.middleCols(H, H).array();
@@ -56,7 +59,7 @@ void lstm_step_backward(Index n, Index H, const T* dh, const T* dc, const T* gat
   DA.middleCols(2 * H, H) = DCP.array() * i * (T(1) - g.square());
   DA.rightCols(H) = DH.array() * tc * o * (T(1) - o);
   DCP.array() *= f;
-  MapR<T>(dh_prev, n, H).noalias() = DA * CMapR<T>(W_h, H, 4 * H).transpose();
+  if (need_dh_prev) product(bf16, MapR<T>(dh_prev, n, H), DA, CMapR<T>(W_h, H, 4 * H).transpose());
 }
 
 }  // namespace seqrec

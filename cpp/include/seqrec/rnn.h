@@ -7,6 +7,7 @@
 #pragma once
 
 #include "activations.h"
+#include "gemm.h"
 #include "types.h"
 
 namespace seqrec {
@@ -14,10 +15,11 @@ namespace seqrec {
 // a      (n, H)  in: x·W_x + b; out: h' = tanh(·), the rnn's only gate (its cache)
 // h      (n, H)  state entering the step
 // W_h    (H, H)
+// bf16          products in bfloat16 with float32 accumulation (gemm.h); float only
 template <class T>
-void rnn_step_forward(Index n, Index H, T* a, const T* h, const T* W_h) {
+void rnn_step_forward(Index n, Index H, T* a, const T* h, const T* W_h, bool bf16 = false) {
   MapR<T> A(a, n, H);
-  A.noalias() += CMapR<T>(h, n, H) * CMapR<T>(W_h, H, H);
+  product(bf16, A, CMapR<T>(h, n, H), CMapR<T>(W_h, H, H), true);
   activate(Act::Tanh, a, n * H);
 }
 
@@ -28,11 +30,11 @@ void rnn_step_forward(Index n, Index H, T* a, const T* h, const T* W_h) {
 // dh_prev(n, H)  out: gradient of the entering state (before the reset mask)
 template <class T>
 void rnn_step_backward(Index n, Index H, const T* dh, const T* u, const T* W_h, T* dA,
-                       T* dh_prev) {
+                       T* dh_prev, bool bf16 = false, bool need_dh_prev = true) {
   MapR<T> DA(dA, n, H);
   CMapR<T> Y(u, n, H);
   DA = CMapR<T>(dh, n, H).array() * (T(1) - Y.array().square());
-  MapR<T>(dh_prev, n, H).noalias() = DA * CMapR<T>(W_h, H, H).transpose();
+  if (need_dh_prev) product(bf16, MapR<T>(dh_prev, n, H), DA, CMapR<T>(W_h, H, H).transpose());
 }
 
 }  // namespace seqrec

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "gemm.h"
 #include "gru.h"
 #include "lstm.h"
 #include "parallel.h"
@@ -75,20 +76,20 @@ void layer_forward(Index Tn, Index B, const LayerParams<T>& p, const T* X, const
           else A.row(r - r0) = bias;
         }
       } else {
-        A.noalias() = CMapR<T>(X + t * B * I + r0 * I, n, I) * Wx;
+        product(p.bf16, A, CMapR<T>(X + t * B * I + r0 * I, n, I), Wx);
         A.rowwise() += bias;
       }
       if constexpr (K == Cell::RNN) {
-        rnn_step_forward(n, H, a + r0 * GH, h_in + r0 * H, p.W_h);
+        rnn_step_forward(n, H, a + r0 * GH, h_in + r0 * H, p.W_h, p.bf16);
         std::copy(a + r0 * GH, a + r1 * GH, h_out + r0 * H);
       } else if constexpr (K == Cell::GRU) {
         gru_step_forward(n, H, a + r0 * GH, h_in + r0 * H, p.W_h, h_out + r0 * H,
-                         scratch.data() + r0 * H);
+                         scratch.data() + r0 * H, p.bf16);
       } else {
         T* c_in = cache.c_in + t * B * H;
         detail::masked_copy(r0, r1, H, prev_c, rt, c_in);
         lstm_step_forward(n, H, a + r0 * GH, h_in + r0 * H, c_in + r0 * H, p.W_h, h_out + r0 * H,
-                          cache.c_out + t * B * H + r0 * H);
+                          cache.c_out + t * B * H + r0 * H, p.bf16);
       }
       if (drop) {
         MapR<T>(h_out + r0 * H, n, H).array() *= CMapR<T>(drop + t * B * H + r0 * H, n, H).array();
@@ -106,11 +107,13 @@ void layer_forward(Index Tn, Index B, const LayerParams<T>& p, const T* X, const
 //   dW_x (I, GH)         out (overwritten); not touched when x_idx is given
 //   dW_h (H, GH), db (GH) out (overwritten)
 //   dA_out    (T, B, GH) out: pre-activation gradients, or null (then kept internally)
+//   want_dh0  false: carry_h (and carry_c) come back zero instead of dh0 (training discards them: the carried
+//             state is a value), which skips the step-0 hidden product
 template <Cell K, class T>
 void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
                     const std::int32_t* x_idx, const std::uint8_t* reset, const T* drop,
                     const LayerCache<const T>& cache, const T* dOut, T* carry_h, T* carry_c, T* dX,
-                    T* dW_x, T* dW_h, T* db, T* dA_out, int num_threads) {
+                    T* dW_x, T* dW_h, T* db, T* dA_out, int num_threads, bool want_dh0 = true) {
   constexpr int G = gate_count(K);
   const Index H = p.H, I = p.I, GH = G * H, TB = Tn * B;
   CMapR<T> Wx(p.W_x, I, GH);
@@ -124,6 +127,7 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
     const Index o = t * B * H;
     T* dA_t = dA + t * B * GH;
     const T* g_t = cache.gates + t * B * GH;
+    const bool need = t > 0 || want_dh0;
     parallel_for(B, num_threads, [&](Index r0, Index r1) {
       const Index n = r1 - r0, ro = r0 * H;
       MapR<T> DH(dh.data() + ro, n, H);
@@ -131,26 +135,27 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
       if (drop) DH.array() *= CMapR<T>(drop + o + ro, n, H).array();
       if constexpr (K == Cell::RNN) {
         rnn_step_backward(n, H, dh.data() + ro, g_t + r0 * GH, p.W_h, dA_t + r0 * GH,
-                          dhp.data() + ro);
+                          dhp.data() + ro, p.bf16, need);
       } else if constexpr (K == Cell::GRU) {
         gru_step_backward(n, H, dh.data() + ro, g_t + r0 * GH, cache.h_in + o + ro, p.W_h,
-                          dA_t + r0 * GH, dhp.data() + ro, rh.data() + o + ro, drh.data() + ro);
+                          dA_t + r0 * GH, dhp.data() + ro, rh.data() + o + ro, drh.data() + ro,
+                          p.bf16, need);
       } else {
         lstm_step_backward(n, H, dh.data() + ro, carry_c + ro, g_t + r0 * GH, cache.c_in + o + ro,
                            cache.c_out + o + ro, p.W_h, dA_t + r0 * GH, dhp.data() + ro,
-                           dcp.data() + ro);
+                           dcp.data() + ro, p.bf16, need);
       }
       // The entering state was zeroed where reset[t] is set: its gradient stops there.
       for (Index r = r0; r < r1; ++r) {
-        const bool cut = rt && rt[r];
+        const bool cut = (rt && rt[r]) || !need;
         for (Index j = 0; j < H; ++j) carry_h[r * H + j] = cut ? T(0) : dhp[r * H + j];
         if constexpr (K == Cell::LSTM) {
           for (Index j = 0; j < H; ++j) carry_c[r * H + j] = cut ? T(0) : dcp[r * H + j];
         }
       }
       if (dX && !x_idx) {
-        MapR<T>(dX + t * B * I + r0 * I, n, I).noalias() =
-            CMapR<T>(dA_t + r0 * GH, n, GH) * Wx.transpose();
+        product(p.bf16, MapR<T>(dX + t * B * I + r0 * I, n, I), CMapR<T>(dA_t + r0 * GH, n, GH),
+                Wx.transpose());
       }
     });
   }
@@ -164,8 +169,8 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
       [&](Index c0, Index c1) {
         const Index nc = c1 - c0;
         if (!x_idx) {
-          MapR<T>(dW_x, I, GH).middleCols(c0, nc).noalias() =
-              CMapR<T>(X, TB, I).transpose() * DA.middleCols(c0, nc);
+          product(p.bf16, MapR<T>(dW_x, I, GH).middleCols(c0, nc), CMapR<T>(X, TB, I).transpose(),
+                  DA.middleCols(c0, nc));
         }
         // Plain loop: Eigen's vectorised colwise().sum() peels by alignment, which would make
         // the sum order (and the last bits) depend on where the buffer was allocated.
@@ -177,14 +182,14 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
         if constexpr (K == Cell::GRU) {
           // columns [0, 2H) take h; the candidate block [2H, 3H) takes r⊙h
           const Index s = std::min(c1, 2 * H);
-          if (s > c0) DWh.middleCols(c0, s - c0).noalias() = Hin.transpose() * DA.middleCols(c0, s - c0);
+          if (s > c0) product(p.bf16, DWh.middleCols(c0, s - c0), Hin.transpose(), DA.middleCols(c0, s - c0));
           const Index s2 = std::max(c0, 2 * H);
           if (c1 > s2) {
             CMapR<T> RH(rh.data(), TB, H);
-            DWh.middleCols(s2, c1 - s2).noalias() = RH.transpose() * DA.middleCols(s2, c1 - s2);
+            product(p.bf16, DWh.middleCols(s2, c1 - s2), RH.transpose(), DA.middleCols(s2, c1 - s2));
           }
         } else {
-          DWh.middleCols(c0, nc).noalias() = Hin.transpose() * DA.middleCols(c0, nc);
+          product(p.bf16, DWh.middleCols(c0, nc), Hin.transpose(), DA.middleCols(c0, nc));
         }
       },
       8);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "features.h"
+#include "gemm.h"
 #include "losses.h"
 #include "optim.h"
 #include "parallel.h"
@@ -53,6 +54,7 @@ struct TrainConfig {
   double bpreg = 1.0, elu_param = 0.0, logq = 0.0, sample_alpha = 0.5;
   bool full_softmax = false;
   double batch_size = 32;  // the configured batch size: every step's loss is divided by it
+  bool bf16 = false;       // every product in bfloat16, float32 accumulation (gemm.h); float only
   OptConfig opt;
 };
 
@@ -227,7 +229,7 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
     }
     // 2. recurrent forward, layer by layer over the window
     for (Index l = 0; l < L; ++l) {
-      LayerParams<T> lp{m.W_x[l].p, m.W_h[l].p, m.b[l].p, m.W_x[l].rows, m.H[l]};
+      LayerParams<T> lp{m.W_x[l].p, m.W_h[l].p, m.b[l].p, m.W_x[l].rows, m.H[l], cfg.bf16};
       LayerCache<T> lc{h_in[l].data(), h_out[l].data(), gates[l].data(),
                        KC == Cell::LSTM ? c_in[l].data() : nullptr,
                        KC == Cell::LSTM ? c_out[l].data() : nullptr};
@@ -285,7 +287,7 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
       MapR<T> RM(R.data(), n, C);
       // R = Ya·Oᵀ + b (− logQ), split over score columns
       parallel_for(C, nt, [&](Index j0, Index j1) {
-        RM.middleCols(j0, j1 - j0).noalias() = YA * OM.middleRows(j0, j1 - j0).transpose();
+        product(cfg.bf16, RM.middleCols(j0, j1 - j0), YA, OM.middleRows(j0, j1 - j0).transpose());
         for (Index i = 0; i < n; ++i) {
           T* r = R.data() + i * C;
           for (Index j = j0; j < j1; ++j) {
@@ -306,13 +308,13 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
       CMapR<T> DR(dR.data(), n, C);
       // dYa = dR·O (split over hidden columns), dO = dRᵀ·Ya (split over score columns)
       parallel_for(HL, nt, [&](Index c0, Index c1) {
-        MapR<T>(dYa.data(), n, HL).middleCols(c0, c1 - c0).noalias() =
-            DR * OM.middleCols(c0, c1 - c0);
+        product(cfg.bf16, MapR<T>(dYa.data(), n, HL).middleCols(c0, c1 - c0), DR,
+                OM.middleCols(c0, c1 - c0));
       }, 16);
       if (cfg.full_softmax) {
         parallel_for(N, nt, [&](Index j0, Index j1) {
-          MapR<T>(gWy_full.data(), N, HL).middleRows(j0, j1 - j0).noalias() +=
-              DR.middleCols(j0, j1 - j0).transpose() * YA;
+          product(cfg.bf16, MapR<T>(gWy_full.data(), N, HL).middleRows(j0, j1 - j0),
+                  DR.middleCols(j0, j1 - j0).transpose(), YA, true);
           for (Index j = j0; j < j1; ++j) {
             T s = 0;
             for (Index i = 0; i < n; ++i) s += dR[i * C + j];
@@ -321,8 +323,8 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
         }, 64);
       } else {
         parallel_for(C, nt, [&](Index j0, Index j1) {
-          MapR<T>(dO.data(), C, HL).middleRows(j0, j1 - j0).noalias() =
-              DR.middleCols(j0, j1 - j0).transpose() * YA;
+          product(cfg.bf16, MapR<T>(dO.data(), C, HL).middleRows(j0, j1 - j0),
+                  DR.middleCols(j0, j1 - j0).transpose(), YA);
           for (Index j = j0; j < j1; ++j) {
             T s = 0;
             for (Index i = 0; i < n; ++i) s += dR[i * C + j];
@@ -351,7 +353,7 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
     const T* dOut = dYtop.data();
     for (Index l = L - 1; l >= 0; --l) {
       const Index H = m.H[l];
-      LayerParams<T> lp{m.W_x[l].p, m.W_h[l].p, m.b[l].p, m.W_x[l].rows, H};
+      LayerParams<T> lp{m.W_x[l].p, m.W_h[l].p, m.b[l].p, m.W_x[l].rows, H, cfg.bf16};
       LayerCache<const T> lc{h_in[l].data(), h_out[l].data(), gates[l].data(),
                              KC == Cell::LSTM ? c_in[l].data() : nullptr,
                              KC == Cell::LSTM ? c_out[l].data() : nullptr};
@@ -364,7 +366,7 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
       layer_backward<KC, T>(Tn, B, lp, in, idx_in ? xk : nullptr, rk, dmask, lc, dOut, carry.data(),
                             KC == Cell::LSTM ? carry_c.data() : nullptr, dIn_ptr,
                             idx_in ? nullptr : dWx[l].data(), dWh[l].data(), db[l].data(),
-                            idx_in ? dA0.data() : nullptr, nt);
+                            idx_in ? dA0.data() : nullptr, nt, /*want_dh0=*/false);
       if (l > 0) dOut = dIn[l].data();
     }
     // 5. input-embedding gradients into their table rows

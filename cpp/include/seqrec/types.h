@@ -36,6 +36,7 @@ struct LayerParams {
   const T* b;
   Index I;  // input width of this layer (E for layer 0, H_{l-1} above)
   Index H;  // hidden width
+  bool bf16 = false;  // products in bfloat16 with float32 accumulation (gemm.h); float only
 };
 
 // What forward keeps for backward, per layer, for a window of T steps of B rows.
