@@ -230,8 +230,10 @@ def test_bf16_falls_back_with_a_warning_in_the_generic_build():
         "msgs = [str(x.message) for x in w if issubclass(x.category, RuntimeWarning)]\n"
         "print(m.precision_); print(msgs[0] if msgs else 'NO WARNING')\n"
     )
+    # the same seqrec_fast this process imported (an installed package in CI, python/ in a checkout)
+    pkg_root = str(Path(_core.__file__).resolve().parents[1])
     env = dict(os.environ, SEQREC_FAST_ISA="generic",
-               PYTHONPATH=os.pathsep.join([str(REPO / "python"), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([pkg_root, os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120, check=True).stdout.splitlines()
     assert out[0] == "float32"
