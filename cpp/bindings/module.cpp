@@ -473,10 +473,6 @@ py::tuple sequence_backward(const std::string& cell, py::object dY, py::object d
 // ---------------------------------------------------------------------------------------------
 // Single-step cell kernels: the T = 1, L = 1 case of the layer kernels, with flat arguments.
 
-// Adds a leading T = 1 axis to a (B, W) array without copying (a view).
-py::array step_view(const py::array& a) {
-  return a.attr("reshape")(py::make_tuple(1, a.shape(0), a.shape(1)));
-}
 
 template <Cell K, class T>
 py::tuple cell_forward_impl(const Args& args, py::handle x_, py::handle h_, py::handle c_,
@@ -1196,6 +1192,80 @@ py::tuple topk(py::object H_, py::object W_y, py::object b_y, py::object k_, py:
   return topk_run(t, cptr<float>(H), n, k, ex, m, nt);
 }
 
+// The inputs of one recurrent step over n queries, validated once for every step kernel (step_topk,
+// step_rank): the input table, the stacked layer weights, the item indices and the in-place states.
+template <class T>
+struct StepInputs {
+  bool onehot = false, separate = false;
+  py::array E_in;
+  Index I0 = 0, L = 0, n = 0;
+  Stack<T> st;
+  const std::int32_t* items = nullptr;
+  std::vector<T*> h, c;
+
+  // X (n, I0): the rows of the input table for the items (empty under one-hot input). GIL not needed.
+  std::vector<T> gather(const py::array& W_y) const {
+    std::vector<T> X(onehot ? 0 : n * I0);
+    if (!onehot) {
+      const T* table = separate ? cptr<T>(E_in) : cptr<T>(W_y);
+      for (Index r = 0; r < n; ++r) std::copy(table + Index(items[r]) * I0, table + Index(items[r] + 1) * I0, X.data() + r * I0);
+    }
+    return X;
+  }
+};
+
+template <Cell K, class T>
+StepInputs<T> parse_step_inputs(const Args& a, const std::string& embedding, py::handle weights,
+                                py::handle E_in_, Index N, Index HL, py::handle h_, py::handle c_,
+                                py::handle items_, std::vector<py::array>& keep) {
+  StepInputs<T> s;
+  s.onehot = embedding == "onehot";
+  s.separate = embedding == "separate";
+  if (!s.onehot && !s.separate && embedding != "constrained") {
+    a.value_error("embedding must be 'constrained', 'separate' or 'onehot'; got '" + embedding + "'");
+  }
+  s.I0 = HL;
+  if (s.separate) {
+    s.E_in = a.array<T>(E_in_, "E_in", {N, ANY}, "(N, E)");
+    s.I0 = s.E_in.shape(1);
+  } else if (s.onehot) {
+    s.I0 = N;
+  }
+  s.st = parse_weights<T>(a, K, weights, s.I0);
+  const Index L = s.L = static_cast<Index>(s.st.params.size());
+  if (s.st.params[L - 1].H != HL) a.value_error("the last layer's width must equal W_y's columns");
+  auto items_a = a.array<std::int32_t>(items_, "items", {ANY}, "(n,)");
+  const Index n = s.n = items_a.shape(0);
+  if (n < 1) a.value_error("items is empty");
+  s.items = index_array(a, items_a, "items", {n}, "(n,)", 0, static_cast<std::int32_t>(N), keep);
+  const std::string dt = std::is_same_v<T, float> ? "float32" : "float64";
+  if (!py::isinstance<py::sequence>(h_) || py::len(h_) != static_cast<size_t>(L)) {
+    a.type_error("h must be a list of " + std::to_string(L) + " " + dt + " arrays (n, H_l)");
+  }
+  s.h.assign(L, nullptr);
+  s.c.assign(L, nullptr);
+  auto hs = py::reinterpret_borrow<py::sequence>(h_);
+  for (Index l = 0; l < L; ++l) {
+    auto x = a.array<T>(hs[l], "h[" + std::to_string(l) + "]", {n, s.st.params[l].H}, "(n, H_l)");
+    keep.push_back(x);
+    s.h[l] = writable<T>(a, x, "h");
+  }
+  if constexpr (K == Cell::LSTM) {
+    if (c_.is_none() || !py::isinstance<py::sequence>(c_) || py::len(c_) != static_cast<size_t>(L)) {
+      a.type_error("c must be a list of " + std::to_string(L) + " " + dt + " arrays (n, H_l) for lstm");
+    }
+    auto cs = py::reinterpret_borrow<py::sequence>(c_);
+    for (Index l = 0; l < L; ++l) {
+      auto x = a.array<T>(cs[l], "c[" + std::to_string(l) + "]", {n, s.st.params[l].H}, "(n, H_l)");
+      keep.push_back(x);
+      s.c[l] = writable<T>(a, x, "c");
+    }
+  } else if (!c_.is_none()) {
+    a.value_error("c must be None for a cell without memory cell");
+  }
+  return s;
+}
+
 template <Cell K>
 py::tuple step_topk_impl(const Args& a, const std::string& embedding, py::handle weights,
                          py::handle E_in_, py::handle W_y_, py::handle b_y, py::handle h_,
@@ -1204,49 +1274,14 @@ py::tuple step_topk_impl(const Args& a, const std::string& embedding, py::handle
   auto W_y = a.array<float>(W_y_, "W_y", {ANY, ANY}, "(N, H_L)");
   const Index N = W_y.shape(0), HL = W_y.shape(1);
   if (N < 1) a.value_error("W_y has N = 0 items");
-  const bool onehot = embedding == "onehot", separate = embedding == "separate";
-  if (!onehot && !separate && embedding != "constrained") {
-    a.value_error("embedding must be 'constrained', 'separate' or 'onehot'; got '" + embedding + "'");
-  }
-  py::array E_in;
-  Index I0 = HL;
-  if (separate) {
-    E_in = a.array<float>(E_in_, "E_in", {N, ANY}, "(N, E)");
-    I0 = E_in.shape(1);
-  } else if (onehot) {
-    I0 = N;
-  }
-  auto st = parse_weights<float>(a, K, weights, I0);
-  const Index L = static_cast<Index>(st.params.size());
-  if (st.params[L - 1].H != HL) a.value_error("the last layer's width must equal W_y's columns");
-  auto items_a = a.array<std::int32_t>(items_, "items", {ANY}, "(n,)");
-  const Index n = items_a.shape(0);
-  if (n < 1) a.value_error("items is empty");
   std::vector<py::array> keep;
-  const std::int32_t* items = index_array(a, items_a, "items", {n}, "(n,)", 0, static_cast<std::int32_t>(N), keep);
-  if (!py::isinstance<py::sequence>(h_) || py::len(h_) != static_cast<size_t>(L)) {
-    a.type_error("h must be a list of " + std::to_string(L) + " float32 arrays (n, H_l)");
-  }
-  std::vector<float*> h(L), c(L, nullptr);
-  auto hs = py::reinterpret_borrow<py::sequence>(h_);
-  for (Index l = 0; l < L; ++l) {
-    auto x = a.array<float>(hs[l], "h[" + std::to_string(l) + "]", {n, st.params[l].H}, "(n, H_l)");
-    keep.push_back(x);
-    h[l] = writable<float>(a, x, "h");
-  }
-  if constexpr (K == Cell::LSTM) {
-    if (c_.is_none() || !py::isinstance<py::sequence>(c_) || py::len(c_) != static_cast<size_t>(L)) {
-      a.type_error("c must be a list of " + std::to_string(L) + " float32 arrays (n, H_l) for lstm");
-    }
-    auto cs = py::reinterpret_borrow<py::sequence>(c_);
-    for (Index l = 0; l < L; ++l) {
-      auto x = a.array<float>(cs[l], "c[" + std::to_string(l) + "]", {n, st.params[l].H}, "(n, H_l)");
-      keep.push_back(x);
-      c[l] = writable<float>(a, x, "c");
-    }
-  } else if (!c_.is_none()) {
-    a.value_error("c must be None for a cell without memory cell");
-  }
+  auto s = parse_step_inputs<K, float>(a, embedding, weights, E_in_, N, HL, h_, c_, items_, keep);
+  const Index n = s.n, L = s.L;
+  const bool onehot = s.onehot;
+  const std::int32_t* items = s.items;
+  auto& st = s.st;
+  auto& h = s.h;
+  auto& c = s.c;
   if (!py::isinstance<py::array>(b_y) || py::reinterpret_borrow<py::array>(b_y).ndim() != 1 ||
       py::reinterpret_borrow<py::array>(b_y).shape(0) != N) {
     a.value_error("b_y must be a float32 array (N,) with the N rows of W_y");
@@ -1260,11 +1295,7 @@ py::tuple step_topk_impl(const Args& a, const std::string& embedding, py::handle
   {
     py::gil_scoped_release release;
     seqrec::FlushDenormals ftz;
-    std::vector<float> X(onehot ? 0 : n * I0);
-    if (!onehot) {
-      const float* table = separate ? cptr<float>(E_in) : cptr<float>(W_y);
-      for (Index r = 0; r < n; ++r) std::copy(table + Index(items[r]) * I0, table + Index(items[r] + 1) * I0, X.data() + r * I0);
-    }
+    const std::vector<float> X = s.gather(W_y);
     constexpr int G = seqrec::gate_count(K);
     std::vector<std::vector<float>> hin(L), hout(L), gates(L), cin(L), cout(L);
     for (Index l = 0; l < L; ++l) {
@@ -1357,49 +1388,9 @@ py::tuple step_rank_impl(const Args& a, const std::string& embedding, py::handle
   const Index N = W_y.shape(0), HL = W_y.shape(1);
   if (N < 1) a.value_error("W_y has N = 0 items");
   auto b_y = a.array<T>(b_y_, "b_y", {N}, "(N,)");
-  const bool onehot = embedding == "onehot", separate = embedding == "separate";
-  if (!onehot && !separate && embedding != "constrained") {
-    a.value_error("embedding must be 'constrained', 'separate' or 'onehot'; got '" + embedding + "'");
-  }
-  py::array E_in;
-  Index I0 = HL;
-  if (separate) {
-    E_in = a.array<T>(E_in_, "E_in", {N, ANY}, "(N, E)");
-    I0 = E_in.shape(1);
-  } else if (onehot) {
-    I0 = N;
-  }
-  auto st = parse_weights<T>(a, K, weights, I0);
-  const Index L = static_cast<Index>(st.params.size());
-  if (st.params[L - 1].H != HL) a.value_error("the last layer's width must equal W_y's columns");
-  auto items_a = a.array<std::int32_t>(items_, "items", {ANY}, "(n,)");
-  const Index n = items_a.shape(0);
-  if (n < 1) a.value_error("items is empty");
   std::vector<py::array> keep;
-  const std::int32_t* items = index_array(a, items_a, "items", {n}, "(n,)", 0, static_cast<std::int32_t>(N), keep);
-  if (!py::isinstance<py::sequence>(h_) || py::len(h_) != static_cast<size_t>(L)) {
-    a.type_error("h must be a list of " + std::to_string(L) + " arrays (n, H_l)");
-  }
-  std::vector<T*> h(L), c(L, nullptr);
-  auto hs = py::reinterpret_borrow<py::sequence>(h_);
-  for (Index l = 0; l < L; ++l) {
-    auto x = a.array<T>(hs[l], "h[" + std::to_string(l) + "]", {n, st.params[l].H}, "(n, H_l)");
-    keep.push_back(x);
-    h[l] = writable<T>(a, x, "h");
-  }
-  if constexpr (K == Cell::LSTM) {
-    if (c_.is_none() || !py::isinstance<py::sequence>(c_) || py::len(c_) != static_cast<size_t>(L)) {
-      a.type_error("c must be a list of " + std::to_string(L) + " arrays (n, H_l) for lstm");
-    }
-    auto cs = py::reinterpret_borrow<py::sequence>(c_);
-    for (Index l = 0; l < L; ++l) {
-      auto x = a.array<T>(cs[l], "c[" + std::to_string(l) + "]", {n, st.params[l].H}, "(n, H_l)");
-      keep.push_back(x);
-      c[l] = writable<T>(a, x, "c");
-    }
-  } else if (!c_.is_none()) {
-    a.value_error("c must be None for a cell without memory cell");
-  }
+  auto s = parse_step_inputs<K, T>(a, embedding, weights, E_in_, N, HL, h_, c_, items_, keep);
+  const Index n = s.n, L = s.L;
   Index C;
   const std::int32_t* cand = parse_candidates(a, cand_, n, N, C, keep);
   py::array_t<std::int32_t> idx({n, C});
@@ -1407,13 +1398,9 @@ py::tuple step_rank_impl(const Args& a, const std::string& embedding, py::handle
   {
     py::gil_scoped_release release;
     seqrec::FlushDenormals ftz;
-    std::vector<T> X(onehot ? 0 : n * I0);
-    if (!onehot) {
-      const T* table = separate ? cptr<T>(E_in) : cptr<T>(W_y);
-      for (Index r = 0; r < n; ++r) std::copy(table + Index(items[r]) * I0, table + Index(items[r] + 1) * I0, X.data() + r * I0);
-    }
-    seqrec::stack_step<K, T>(n, st.params, X.data(), onehot ? items : nullptr, h, c, nt);
-    seqrec::rank_candidates<T>(n, HL, h[L - 1], cptr<T>(W_y), cptr<T>(b_y), C, cand,
+    const std::vector<T> X = s.gather(W_y);
+    seqrec::stack_step<K, T>(n, s.st.params, X.data(), s.onehot ? s.items : nullptr, s.h, s.c, nt);
+    seqrec::rank_candidates<T>(n, HL, s.h[L - 1], cptr<T>(W_y), cptr<T>(b_y), C, cand,
                                idx.mutable_data(), sc.mutable_data(), nt);
   }
   return py::make_tuple(idx, sc);
