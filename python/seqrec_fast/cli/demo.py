@@ -5,19 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import CLIError, _format_choices, _positive_int, write_json_atomic
+from .common import CLIError, _format_choices, _nonneg_int, _positive_int, write_json_atomic
 
 
 def _register_demo(sub: argparse._SubParsersAction) -> None:
-    def seed(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-        return v
-
     p = sub.add_parser(
         "demo",
         help="synthetic click log -> baselines and a GRU -> comparison table",
@@ -40,7 +31,7 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
         help="format of --data (default: auto)",
     )
     p.add_argument(
-        "--seed", type=seed, default=0, help="seed of the synthetic log and the GRU (default: 0)"
+        "--seed", type=_nonneg_int, default=0, help="seed of the synthetic log and the GRU (default: 0)"
     )
     p.add_argument(
         "--epochs",
