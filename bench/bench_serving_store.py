@@ -78,24 +78,30 @@ def redis_server():
 def bench_stores(model, url: str, n_events: int, rounds: int = 4) -> list[dict]:
     from seqrec_fast.serving import Recommender
 
+    # "redis + local_cache": the same server, with this process's last written states cached
+    # (RedisSessionStore(local_cache=...)): one round trip per event when events stay in one process
     recs = {"memory": Recommender(model, num_threads=1),
-            "redis": Recommender(model, num_threads=1, store=url)}
+            "redis": Recommender(model, num_threads=1, store=url),
+            "redis + local_cache": Recommender(model, num_threads=1,
+                                               store=f"{url}?local_cache=10000")}
     rng = np.random.default_rng(0)
     items = rng.integers(1, model.n_items + 1, size=n_events * rounds + 300).tolist()
     # validation: the same events give the same answers on both stores
     for j in range(300):
         a = recs["memory"].recommend(f"v{j % 30}", items[j], k=K)
         b = recs["redis"].recommend(f"v{j % 30}", items[j], k=K)
-        if not np.array_equal(a[0], b[0]):
+        c = recs["redis + local_cache"].recommend(f"w{j % 30}", items[j], k=K)
+        if not (np.array_equal(a[0], b[0]) and np.array_equal(a[0], c[0])):
             raise AssertionError(f"memory and Redis stores disagree at event {j}")
     lat = {name: [] for name in recs}
     per = n_events
     for r in range(rounds):
         for name, rec in (recs.items() if r % 2 == 0 else reversed(list(recs.items()))):
+            sp = "c" if name == "redis + local_cache" else "s"  # its own sessions in the same Redis
             for j in range(per):
                 it = items[300 + r * per + j]
                 t0 = time.perf_counter()
-                rec.recommend(f"s{j % 100}", it, k=K)
+                rec.recommend(f"{sp}{j % 100}", it, k=K)
                 lat[name].append(time.perf_counter() - t0)
     # the store alone: one get + one compare-and-set of a session's state
     st = recs["redis"].store.get("s1")
@@ -115,6 +121,7 @@ def bench_stores(model, url: str, n_events: int, rounds: int = 4) -> list[dict]:
     out = [{"part": "in-process", "store": name, **percentiles(v), **size} for name, v in lat.items()]
     out.append({"part": "in-process", "store": "redis get+cas only", **percentiles(store_lat)})
     out[1]["redis_minus_memory_p50_us"] = out[1]["p50_us"] - out[0]["p50_us"]
+    out[2]["redis_minus_memory_p50_us"] = out[2]["p50_us"] - out[0]["p50_us"]
     return out
 
 

@@ -578,3 +578,34 @@ def test_real_evaluate_corrupted_model(
     path.write_bytes(raw[: len(raw) // 2])
     code, _, err = run(["evaluate", str(path), str(data["test"])], capsys)
     assert code == 2 and "gru.npz" in err and "Traceback" not in err
+
+
+def test_train_sigterm_exits_143_without_a_model_file(tmp_path):
+    """SIGTERM during `seqrec train` is a clean stop: exit status 143, a one-line message, no model
+    file and no temporary file left behind."""
+    import signal
+
+    from seqrec_fast.synthetic import generate_sessions
+
+    d = generate_sessions(n_sessions=300, n_items=60, seed=3)
+    sess = np.repeat(np.arange(d.n_sessions), np.diff(d.offsets))
+    tsv = tmp_path / "tr.tsv"
+    tsv.write_text("SessionId\tItemId\tTime\n" + "".join(
+        f"{s}\t{i}\t{t}\n" for t, (s, i) in enumerate(zip(sess, d.item_ids[d.items]))))
+    out = tmp_path / "m.npz"
+    cmd = [sys.executable, "-u", "-m", "seqrec_fast.cli", "train", str(tsv), "--out", str(out),
+           "--param", "layers=8", "--param", "n_sample=8", "--param", "batch_size=8",
+           "--param", "n_epochs=100000", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # the first epoch line: fit is running, the handler installed
+            if line.startswith("epoch 1/"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [tsv]

@@ -159,3 +159,13 @@ def test_validate_params() -> None:
     assert "allowed: batch_size, bpreg, bptt, cell, " in msg
     with pytest.raises(ValueError, match=r"cfg\.toml: unknown parameters 'zzz', 'hiden_size'"):
         validate_params({"zzz": 1, "hiden_size": 2}, ALLOWED, source="cfg.toml")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "tuned").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_tuned_configs_load_and_name_their_search(path: Path) -> None:
+    """configs/tuned/: configurations found by `seqrec tune`; each names its search and figures."""
+    params = load_config(path)
+    validate_params(params, ALLOWED)
+    text = path.read_text()
+    assert "seqrec tune" in text and "validation" in text.lower() and "Recall@20" in text

@@ -243,3 +243,47 @@ def test_ranks_from_counts_modes() -> None:
     np.testing.assert_array_equal(ranks_from_counts(gt, ge, "median"), [2, 3])
     with pytest.raises(ValueError):
         ranks_from_counts(gt, ge, "best")
+
+
+@pytest.mark.parametrize("min_prefix", [1, 2, 3])
+@pytest.mark.parametrize("batch_size", [1, 5, 512])
+def test_min_prefix_matches_oracle(min_prefix: int, batch_size: int) -> None:
+    """min_prefix=m counts the targets with at least m events before them; earlier events are only fed."""
+    rng = np.random.default_rng(17)
+    sessions = random_sessions(rng, 50)
+    cutoffs = [1, 3, 20]
+    scorer = PrefixScorer()
+    res = evaluate(scorer, make_test(sessions), cutoffs=cutoffs, batch_size=batch_size,
+                   min_prefix=min_prefix)
+    ranks = [oracle_rank(prefix_scores(s[:k]), s[k], "conservative")
+             for s in sessions for k in range(min_prefix, len(s))]
+    assert res.n_events == len(ranks) == sum(max(len(s) - min_prefix, 0) for s in sessions)
+    for c in cutoffs:
+        hits = [r for r in ranks if r <= c]
+        assert res.metrics[f"recall@{c}"] == pytest.approx(len(hits) / len(ranks), abs=1e-12)
+        assert res.metrics[f"mrr@{c}"] == pytest.approx(sum(1 / r for r in hits) / len(ranks),
+                                                        abs=1e-12)
+    assert min(int(k.rstrip("+")) for k in res.by_position) == min_prefix
+    assert res.to_dict()["min_prefix"] == min_prefix
+
+
+def test_min_prefix_with_unknown_items() -> None:
+    """Unknown items: "miss" counts original positions >= m (an unknown target there is a miss);
+    "drop" counts positions after the unknown events are removed."""
+    train_ids = [str(i) for i in range(N_ITEMS)]
+    sessions = [["1", "x", "2", "3"], ["x", "4", "5"], ["6", "7"], ["8", "9", "x"]]
+    test = _mapped(sessions, train_ids)
+    miss = evaluate(PrefixScorer(), test, unknown_targets="miss", min_prefix=2, cutoffs=[20])
+    assert miss.n_events == 2 + 1 + 0 + 1  # positions >= 2 of the original sessions
+    drop = evaluate(PrefixScorer(), test, unknown_targets="drop", min_prefix=2, cutoffs=[20])
+    assert drop.n_events == 1 + 0 + 0 + 0  # [1, 2, 3] -> one target at position 2
+    assert drop.metrics["recall@20"] == 1.0  # 11 items, cut-off 20: every scored target is a hit
+
+
+def test_min_prefix_errors() -> None:
+    test = make_test([[1, 2, 3]])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="min_prefix"):
+            evaluate(PrefixScorer(), test, min_prefix=bad)
+    with pytest.raises(ValueError, match="min_prefix applies to targets='all'"):
+        evaluate(PrefixScorer(), test, targets="last", min_prefix=2)

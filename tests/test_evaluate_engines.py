@@ -92,3 +92,42 @@ def test_pickled_model_scores_the_same(model_and_test):
     ref_ids, ref_scores = model.recommend(list(test.item_ids[test.items[:3]]), k=5)
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_array_equal(scores, ref_scores)
+
+
+def test_ray_engine_identical_to_local_loo_and_min_prefix(model_and_test, ray_local):
+    """The leave-one-out options (history exclusion, history window) and min_prefix run on the Ray
+    engine too, with the local engine's ranks."""
+    model, test = model_and_test
+    for kw in ({"targets": "last", "exclude_history": True},
+               {"targets": "last", "exclude_history": True, "max_history": 3},
+               {"min_prefix": 2}):
+        local = evaluate(model, test, cutoffs=(5, 20), **kw)
+        dist = evaluate(model, test, cutoffs=(5, 20), engine="ray", workers=3, **kw)
+        np.testing.assert_array_equal(dist.ranks, local.ranks)
+        assert dist.metrics == local.metrics
+        assert dist.n_events == local.n_events
+        assert dist.n_target_in_history == local.n_target_in_history
+
+
+def test_cli_evaluate_min_prefix(model_and_test, tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    model, test = model_and_test
+    model.save(tmp_path / "m.npz")
+    sess = np.repeat(np.arange(test.n_sessions), np.diff(test.offsets))
+    pd.DataFrame({"SessionId": sess, "ItemId": test.item_ids[test.items],
+                  "Time": np.arange(test.n_events)}).to_csv(tmp_path / "t.tsv", sep="\t",
+                                                           index=False)
+    j = tmp_path / "r.json"
+    assert main(["evaluate", str(tmp_path / "m.npz"), str(tmp_path / "t.tsv"), "--min-prefix", "2",
+                 "--json", str(j)]) == 0
+    r = json.loads(j.read_text())
+    want = evaluate(model, test, min_prefix=2)
+    assert r["min_prefix"] == 2 and r["n_events"] == want.n_events
+    assert r["n_events"] == int(np.maximum(np.diff(test.offsets) - 2, 0).sum())
+    assert r["mrr@20"] == want["mrr@20"]
+    assert main(["evaluate", str(tmp_path / "m.npz"), str(tmp_path / "t.tsv"), "--min-prefix", "2",
+                 "--protocol", "loo"]) == 2
+    assert "--min-prefix applies to --targets all" in capsys.readouterr().err

@@ -250,3 +250,76 @@ def test_cli_prepare_then_evaluate_loo(tmp_path: Path, capsys) -> None:
         assert 0.0 <= r[k] <= 1.0
     assert r["hitrate@20"] > 0.5  # the deterministic successor structure is learnable
     assert main(["evaluate", str(model), str(out / "users_test.tsv"), "--max-history", "3"]) == 2
+
+
+def _cycle_histories(n_users: int = 150, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_users):
+        x = int(rng.integers(20))
+        seq = []
+        for _ in range(int(rng.integers(3, 12))):
+            seq.append(x)
+            x = (x + 7) % 20
+        out.append(seq)
+    return out
+
+
+def test_fit_validates_with_the_leave_one_out_protocol() -> None:
+    """fit(valid_options=...) computes each epoch's validation figures with that protocol: the last
+    epoch's equal evaluate() of the trained model with the same keywords; early stopping uses them."""
+    data = SessionData.from_sessions(_cycle_histories(), item_map=np.arange(20))
+    sp = leave_one_out(data)
+    train = SessionData.from_events(sp["train_tr"]["SessionId"], sp["train_tr"]["ItemId"],
+                                    item_map=np.arange(20))
+    valid = SessionData.from_events(sp["train_valid"]["SessionId"], sp["train_valid"]["ItemId"],
+                                    item_map=np.arange(20), keep_unknown=True)
+    opts = {"targets": "last", "exclude_history": True, "max_history": 4, "unknown_targets": "miss"}
+    m = SessionRNN(layers=[12], n_epochs=3, batch_size=16, full_softmax=True, optimizer="adam",
+                   learning_rate=0.02, seed=1, progress=False, verbose=False)
+    m.fit(train, valid, valid_options=opts)
+    res = evaluate(m, valid, cutoffs=(20,), **opts)
+    last = m.history_[-1]
+    assert last["valid_recall@20"] == res["recall@20"]
+    assert last["valid_mrr@20"] == res["mrr@20"] and last["valid_ndcg@20"] == res["ndcg@20"]
+    assert res.n_events == valid.n_sessions  # one target per user: the protocol was applied
+    default = evaluate(m, valid, cutoffs=(20,))
+    assert default.n_events != res.n_events
+
+
+@pytest.mark.parametrize("opts, err, match", [
+    ({"cutoffs": (5,)}, ValueError, "unknown key"),
+    ({"targets": "first"}, ValueError, "targets"),
+    ({"unknown_targets": "skip"}, ValueError, "unknown_targets"),
+    ({"exclude_history": 1}, TypeError, "exclude_history"),
+    ({"max_history": 0, "targets": "last"}, ValueError, "max_history"),
+    ({"max_history": 5}, ValueError, "targets='last'"),
+    ({"min_prefix": 2, "targets": "last"}, ValueError, "min_prefix"),
+    ([("targets", "last")], TypeError, "dict"),
+])
+def test_fit_valid_options_errors(opts, err, match) -> None:
+    d = SessionData.from_sessions([[0, 1, 2], [1, 2, 0]], item_map=np.arange(3))
+    m = SessionRNN(layers=[4], n_epochs=1, batch_size=2, n_sample=0, full_softmax=True,
+                   progress=False, verbose=False)
+    with pytest.raises(err, match=match):
+        m.fit(d, d, valid_options=opts)
+
+
+def test_cli_train_with_loo_validation_and_early_stopping(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "users.txt"
+    src.write_text("".join(" ".join(map(str, [u, *h])) + "\n"
+                           for u, h in enumerate(_cycle_histories(seed=4))))
+    out = tmp_path / "prep"
+    assert main(["data", "prepare", str(src), "--protocol", "loo", "--out-dir", str(out)]) == 0
+    model = tmp_path / "m.npz"
+    argv = ["train", str(out / "users_train_tr.tsv"), "--out", str(model), "--quiet",
+            "--param", "layers=12", "--param", "n_epochs=4", "--param", "full_softmax=true",
+            "--param", "optimizer=adam", "--param", "learning_rate=0.02", "--param", "batch_size=16"]
+    assert main(argv + ["--protocol", "loo"]) == 2  # a validation protocol without --valid
+    assert "need --valid" in capsys.readouterr().err
+    assert main(argv + ["--valid", str(out / "users_train_valid.tsv"), "--protocol", "loo",
+                        "--exclude-history", "--max-history", "6", "--early-stopping", "2"]) == 0
+    m = SessionRNN.load(model)
+    assert m.n_items == 20
+    assert main(argv + ["--valid", str(out / "users_train_valid.tsv"), "--max-history", "6"]) == 2
+    assert "--max-history needs --protocol loo" in capsys.readouterr().err

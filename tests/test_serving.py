@@ -397,3 +397,22 @@ def test_reduced_precision_overlap(model, prefixes, fitted, precision):
     np.testing.assert_allclose(ssc, sc, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="precision"):
         rec.overlap_at_k(prefixes, precision="fp8")
+
+
+def test_num_threads_can_be_changed_after_construction(model, prefixes):
+    """Setting ``num_threads`` on a live Recommender reaches the kernels (it used to stay on the
+    engine's construction-time count); the answers do not depend on it."""
+    rec = Recommender(model, num_threads=1)
+    rec.num_threads = 2
+    assert rec.num_threads == 2 and rec._engine.num_threads == 2
+    one = Recommender(model, num_threads=1)
+    for j, p in enumerate(prefixes[:10]):
+        for x in p:
+            a = rec.recommend(f"s{j}", x, k=10)
+            b = one.recommend(f"s{j}", x, k=10)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-6, atol=1e-6)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="num_threads"):
+            rec.num_threads = bad
+    assert rec.num_threads == 2

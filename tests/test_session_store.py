@@ -155,13 +155,19 @@ def test_store_contract(store):
 # ---------------------------------------------------------------------------------------------------
 # Recommender on Redis equals the in-memory Recommender
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cell,layers,str_ids,exclude_seen", [
-    ("gru", (16,), False, False), ("lstm", (12, 8), True, True), ("rnn", (10,), False, True)])
-def test_redis_recommender_equals_memory(redis_url, cell, layers, str_ids, exclude_seen):
+@pytest.mark.parametrize("cell,layers,str_ids,exclude_seen,cache", [
+    ("gru", (16,), False, False, 0), ("lstm", (12, 8), True, True, 0),
+    ("rnn", (10,), False, True, 0), ("gru", (16,), False, True, 64)])
+def test_redis_recommender_equals_memory(redis_url, cell, layers, str_ids, exclude_seen, cache):
+    """Two Recommenders on one Redis (two "processes"), events alternated between them; with
+    local_cache every cached state is stale at its next use (the other process wrote since), so
+    every event exercises the refused compare-and-set and the retry on a fresh read."""
     model, _ = _fit(cell, layers, str_ids=str_ids)
+    url = redis_url + (f"?local_cache={cache}" if cache else "")
     mem = Recommender(model, exclude_seen=exclude_seen)
-    red = Recommender(model, exclude_seen=exclude_seen, store=redis_url)
-    red2 = Recommender(model, exclude_seen=exclude_seen, store=redis_url)  # a second "process"
+    red = Recommender(model, exclude_seen=exclude_seen, store=url)
+    red2 = Recommender(model, exclude_seen=exclude_seen, store=url)  # a second "process"
+    assert red.store.local_cache == cache
     events = _interleave(_sessions(model))
     for n, (sid, it) in enumerate(events):
         a = mem.recommend(sid, it, k=8)
@@ -180,10 +186,12 @@ def test_redis_recommender_equals_memory(redis_url, cell, layers, str_ids, exclu
     assert red.reset("s1") and not red2.reset("s1")
 
 
-def test_concurrent_events_of_one_session_are_all_applied(redis_url, model):
+@pytest.mark.parametrize("cache", [0, 16])
+def test_concurrent_events_of_one_session_are_all_applied(redis_url, model, cache):
     """Two Recommenders (two clients, as two workers) and several threads hit one session at once:
     every event is applied once (no lost update); with one item every order gives the same state."""
-    recs = [Recommender(model, store=redis_url) for _ in range(2)]
+    url = redis_url + (f"?local_cache={cache}" if cache else "")
+    recs = [Recommender(model, store=url) for _ in range(2)]
     it = model.item_ids_[7]
     n_threads, n_each = 4, 15
 
@@ -202,6 +210,39 @@ def test_concurrent_events_of_one_session_are_all_applied(redis_url, model):
     _ids, sc = recs[1].recommend("hot", it, k=5)
     np.testing.assert_allclose(sc, recs[0].predict_next([it] * (n_threads * n_each + 1), k=5)[1],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_local_cache_saves_the_read_and_never_serves_a_stale_state(redis_url, model):
+    """local_cache: a session whose events stay in one process is read from the cache (one round
+    trip per event); a write by another process makes the cached copy stale, and the next event is
+    then recomputed on the fresh state (same answers as one in-memory Recommender)."""
+    from seqrec_fast.serving.redis_store import RedisSessionStore
+
+    store = RedisSessionStore(redis_url, local_cache=2)
+    assert store.local_cache == 2 and "local_cache=2" in repr(store)
+    mine = Recommender(model, store=store)
+    other = Recommender(model, store=redis_url)
+    mem = Recommender(model)
+    ids = model.item_ids_
+    seq = [("a", ids[1], mine), ("a", ids[2], mine), ("a", ids[3], other), ("a", ids[4], mine),
+           ("b", ids[5], mine), ("c", ids[6], mine), ("d", ids[7], mine), ("b", ids[8], mine)]
+    for sid, it, rec in seq:
+        got, want = rec.recommend(sid, it, k=6), mem.recommend(sid, it, k=6)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-6)
+    assert store.cache_hits >= 1  # a's second event came from the cache
+    assert store.conflicts >= 1  # a's fourth event: the cached copy was stale
+    assert len(store._cache) == 2  # bounded: the least recently used sessions were dropped
+    assert store.get("a").n_events == 4
+    st = store.stats()
+    assert st["local_cache"] == 2 and st["cache_hits"] == store.cache_hits
+    store.clear()
+    assert len(store._cache) == 0
+    for bad in ("-1", "x"):
+        with pytest.raises(ValueError, match="local_cache"):
+            RedisSessionStore(redis_url + f"?local_cache={bad}")
+    with pytest.raises(ValueError, match="conflicts"):
+        RedisSessionStore(redis_url + "?local_cache=3", local_cache=4)
 
 
 def test_malformed_state_counts_as_missing(redis_url, model, caplog):

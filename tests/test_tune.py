@@ -109,7 +109,9 @@ def test_tune_errors(data, tmp_path):
     train, valid = data
     space = load_space(SPACES / "gru4rec_xe_standard.jsonl")
     with pytest.raises(ValueError, match="metric"):
-        tune(train, valid, space, 2, tmp_path / "a", metric="ndcg@20")
+        tune(train, valid, space, 2, tmp_path / "a", metric="precision@20")
+    with pytest.raises(ValueError, match="valid_options"):
+        tune(train, valid, space, 2, tmp_path / "a", valid_options={"cutoffs": [10]})
     with pytest.raises(ValueError, match="both fixed and in the search space"):
         tune(train, valid, space, 2, tmp_path / "a", fixed={"layers": 64})
     with pytest.raises(ValueError, match="n_trials"):
@@ -295,3 +297,95 @@ def test_cli_tune(data, tmp_path, ray_local, capsys):
     assert main(argv) == 2  # the study exists: --resume needed
     assert "already holds a study" in capsys.readouterr().err
     assert main(argv + ["--resume"]) == 0
+
+
+def _running_trials(db: Path) -> int:
+    try:  # read-only peek while the search runs
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+def test_cli_tune_sigterm_saves_the_study(data, tmp_path, ray_local):
+    """SIGTERM (kill, systemd, Kubernetes) stops `seqrec tune` like Ctrl-C: exit 143, every open trial
+    failed with its reason, the reports written; the search can be resumed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    train, valid = data
+    trp, vap = tmp_path / "tr.tsv", tmp_path / "va.tsv"
+    for d, p in ((train, trp), (valid, vap)):
+        sess = np.repeat(np.arange(d.n_sessions), np.diff(d.offsets))
+        pd.DataFrame({"SessionId": sess, "ItemId": d.item_ids[d.items],
+                      "Time": np.arange(d.n_events)}).to_csv(p, sep="\t", index=False)
+    space = _write_space(tmp_path / "s.jsonl", [
+        {"name": "learning_rate", "dtype": "float", "values": [0.05, 0.2], "step": 0.05}])
+    out = tmp_path / "term"
+    address = ray_local.get_runtime_context().gcs_address  # join the test's Ray, do not start one
+    cmd = [sys.executable, "-m", "seqrec_fast.cli", "tune", str(trp), str(vap), "--space", str(space),
+           "--trials", "20", "--out", str(out), "--fixed", "layers=12", "n_sample=16",
+           "batch_size=16", "n_epochs=500", "--no-prune", "--parallel", "2", "--threads-per-trial",
+           "1", "--address", address, "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _running_trials(out / "study.db") == 0:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no trial started within 120 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "--resume" in err
+    study = optuna.load_study(study_name="seqrec-tune", storage=f"sqlite:///{out / 'study.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states and "RUNNING" not in states
+    assert any(t.user_attrs.get("interrupted") for t in study.trials)
+    assert (out / "trials.jsonl").exists()
+
+
+def test_tune_with_a_leave_one_out_validation_protocol(tmp_path, ray_local):
+    """valid_options reach every trial: the trial's recorded ndcg@20 equals the leave-one-out
+    evaluation of a model retrained from best.toml with the same seed."""
+    from seqrec_fast.evaluate import evaluate
+    from seqrec_fast.preprocess import leave_one_out
+
+    rng = np.random.default_rng(5)
+    hist = []
+    for _ in range(200):
+        x = int(rng.integers(30))
+        seq = []
+        for _ in range(int(rng.integers(3, 10))):
+            seq.append(x)
+            x = (x + 11) % 30
+        hist.append(seq)
+    sp = leave_one_out(SessionData.from_sessions(hist, item_map=np.arange(30)))
+    train = SessionData.from_events(sp["train_tr"]["SessionId"], sp["train_tr"]["ItemId"],
+                                    item_map=np.arange(30))
+    valid = SessionData.from_events(sp["train_valid"]["SessionId"], sp["train_valid"]["ItemId"],
+                                    item_map=np.arange(30), keep_unknown=True)
+    opts = {"targets": "last", "exclude_history": True, "max_history": 5, "unknown_targets": "miss"}
+    space = _write_space(tmp_path / "s.jsonl", [
+        {"name": "learning_rate", "dtype": "float", "values": [0.005, 0.03], "step": 0.005}])
+    fixed = {"layers": [10], "n_sample": 0, "full_softmax": True, "optimizer": "adam",
+             "batch_size": 16, "n_epochs": 2}
+    res = tune(train, valid, space, 2, tmp_path / "t", fixed=fixed, metric="ndcg@20", parallel=2,
+               prune=False, verbose=False, valid_options=opts)
+    best = load_config(tmp_path / "t" / "best.toml")
+    m = SessionRNN(**{**best, "num_threads": 1}, progress=False, verbose=False).fit(train)
+    assert evaluate(m, valid, cutoffs=(20,), **opts)["ndcg@20"] == pytest.approx(res.best_value,
+                                                                                 abs=1e-12)
+    rec = [json.loads(x) for x in (tmp_path / "t" / "trials.jsonl").read_text().splitlines()]
+    assert all(r["metric"] == "ndcg@20" for r in rec)
+    with pytest.raises(ValueError, match="resume"):  # the protocol is part of the study's settings
+        tune(train, valid, space, 3, tmp_path / "t", fixed=fixed, metric="ndcg@20", resume=True,
+             valid_options={"targets": "last"}, verbose=False)

@@ -49,10 +49,20 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     started = False
     if not ray.is_initialized():
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+        # ray.init installs its own fatal-signal handler for SIGTERM (it logs and kills the driver),
+        # which would bypass the CLI's clean stop (cli.Terminated): keep a Python-level handler
+        # that was set before.
+        import signal
+        import threading
+
+        main = threading.current_thread() is threading.main_thread()
+        prev = signal.getsignal(signal.SIGTERM) if main else None
         if address:
             ray.init(address=address, **kw)
         else:
             ray.init(num_cpus=num_cpus, **kw)
+        if main and callable(prev):
+            signal.signal(signal.SIGTERM, prev)
         started = True
     try:
         yield ray

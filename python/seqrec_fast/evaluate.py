@@ -124,6 +124,7 @@ class EvalResult:
     exclude_history: bool = False
     n_target_in_history: int = 0
     max_history: int | None = None
+    min_prefix: int = 1
 
     @property
     def events_per_s(self) -> float:
@@ -150,6 +151,7 @@ class EvalResult:
             out["exclude_history"] = self.exclude_history
             out["n_target_in_history"] = self.n_target_in_history
             out["max_history"] = self.max_history
+            out["min_prefix"] = self.min_prefix
             out["by_position"] = self.by_position
         return out
 
@@ -191,9 +193,12 @@ class _Prepared:
 
 
 def prepare_test(
-    test: SessionData, n_items: int, unknown_targets: str = "drop", targets: str = "all"
+    test: SessionData, n_items: int, unknown_targets: str = "drop", targets: str = "all",
+    min_prefix: int = 1,
 ) -> _Prepared:
-    """Compress test sessions to known items and count drops / misses (see the module docstring)."""
+    """Compress test sessions to known items and count drops / misses (see the module docstring).
+    ``min_prefix`` (targets "all"): only targets at position >= min_prefix of their session count
+    (positions after the drop of unknown events with "drop", original positions with "miss")."""
     if targets not in TARGET_MODES:
         raise ValueError(f"targets must be one of {TARGET_MODES}, got {targets!r}")
     if unknown_targets not in UNKNOWN_TARGET_MODES:
@@ -232,9 +237,10 @@ def prepare_test(
         # marked events are dropped here; events dropped when the test set was built count too
         n_dropped = max(n_marked, test.n_unknown)
         is_target = (
-            (k_rank == k_len[k_sess] - 1)[keep_ev] if last_only else np.ones(items.size, bool)
+            (k_rank == k_len[k_sess] - 1)[keep_ev] if last_only else positions >= min_prefix
         )
-        n_events = int(keep_sess.sum()) if last_only else int(np.sum(np.maximum(k_len - 1, 0)))
+        n_events = (int(keep_sess.sum()) if last_only
+                    else int(np.sum(np.maximum(k_len - min_prefix, 0)[keep_sess])))
         return _Prepared(
             items, offsets, positions, n_events, n_dropped, np.zeros(0, np.int64), is_target
         )
@@ -246,10 +252,10 @@ def prepare_test(
         unknown_targets_pos = pos[(~known) & (pos >= 1) & is_last]
         first_known_missed = k_pos_orig[(k_rank == 0) & (k_pos_orig >= 1) & is_last[known]]
     else:
-        n_events = int(np.sum(np.maximum(lengths - 1, 0)))
-        is_target = np.ones(items.size, bool)
-        unknown_targets_pos = pos[(~known) & (pos >= 1)]
-        first_known_missed = k_pos_orig[(k_rank == 0) & (k_pos_orig >= 1)]
+        n_events = int(np.sum(np.maximum(lengths - min_prefix, 0)))
+        is_target = positions >= min_prefix
+        unknown_targets_pos = pos[(~known) & (pos >= min_prefix)]
+        first_known_missed = k_pos_orig[(k_rank == 0) & (k_pos_orig >= min_prefix)]
     miss_positions = np.concatenate((unknown_targets_pos, first_known_missed)).astype(np.int64)
     return _Prepared(items, offsets, positions, n_events, 0, miss_positions, is_target)
 
@@ -269,6 +275,7 @@ def evaluate(
     workers: int | None = None,
     exclude_history: bool = False,
     max_history: int | None = None,
+    min_prefix: int = 1,
 ) -> EvalResult:
     """Next-item full-ranking evaluation of ``scorer`` on ``test``.
 
@@ -304,10 +311,14 @@ def evaluate(
         With ``engine="ray"``: number of partitions (default: the cluster's CPUs / threads per task).
     exclude_history : bool, default False
         Remove the items of the session (user history) before each target from its ranking (S3-Rec /
-        ICLRec full-ranking protocol); a target that occurs in its history is a miss. Local engine.
+        ICLRec full-ranking protocol); a target that occurs in its history is a miss.
     max_history : int, optional
         With ``targets="last"``: feed at most this many items before the target (the earliest are
-        skipped; the exclusion still uses the whole history). Local engine.
+        skipped; the exclusion still uses the whole history).
+    min_prefix : int, default 1
+        With ``targets="all"``: count only the targets with at least this many events before them in
+        their (original) session; the earlier events are still fed. 1: every event after the first
+        (the SR-GNN protocol); 2: the "prefixes of length >= 2" protocol of some session benchmarks.
 
     Returns
     -------
@@ -333,19 +344,22 @@ def evaluate(
         if targets != "last":
             raise ValueError("max_history applies to targets='last' (leave-one-out) only; "
                              f"got targets={targets!r}")
-    if engine != "local" and (exclude_history or max_history is not None):
-        raise ValueError("exclude_history and max_history need engine='local'")
     n_items = int(scorer.n_items)
-    prep = prepare_test(test, n_items, unknown_targets, targets)
+    if not isinstance(min_prefix, (int, np.integer)) or isinstance(min_prefix, bool) \
+            or min_prefix < 1:
+        raise ValueError(f"min_prefix must be a positive int, got {min_prefix!r}")
+    if min_prefix > 1 and targets != "all":
+        raise ValueError(f"min_prefix applies to targets='all' only; got targets={targets!r}")
+    prep = prepare_test(test, n_items, unknown_targets, targets, int(min_prefix))
     t0 = time.perf_counter()
     if engine == "local":
         n_gt, n_ge, scored, in_history = _count_ranks(
             scorer, prep.items, prep.offsets, batch_size, prep.is_target, exclude_history,
             max_history)
     else:
-        in_history = np.zeros(prep.items.size, dtype=bool)
-        n_gt, n_ge, scored = _count_ranks_ray(scorer, prep.items, prep.offsets, batch_size,
-                                              address, workers)
+        n_gt, n_ge, scored, in_history = _count_ranks_ray(
+            scorer, prep.items, prep.offsets, batch_size, address, workers, prep.is_target,
+            exclude_history, max_history)
     seconds = time.perf_counter() - t0
 
     scored &= prep.is_target
@@ -383,6 +397,7 @@ def evaluate(
         exclude_history=bool(exclude_history),
         n_target_in_history=int(seen_before.sum()),
         max_history=None if max_history is None else int(max_history),
+        min_prefix=int(min_prefix),
     )
 
 
@@ -485,9 +500,13 @@ def _count_ranks_ray(
     batch_size: int,
     address: str | None,
     workers: int | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    is_target: np.ndarray | None = None,
+    exclude_history: bool = False,
+    max_history: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_count_ranks` over contiguous partitions of the sessions, one Ray task each; the
-    per-event counts are concatenated in session order."""
+    per-event outputs are concatenated in session order. A session's counts (its exclusion and history
+    window included) depend on that session alone, so the result equals the local one."""
     from .cluster import default_workers, ray_session
 
     threads = max(1, int(getattr(scorer, "num_threads", None) or 1))
@@ -503,20 +522,24 @@ def _count_ranks_ray(
         refs = []
         for a, b in zip(bounds[:-1], bounds[1:]):
             e0, e1 = offsets[a], offsets[b]
-            refs.append(remote.remote(scorer_ref, items[e0:e1], offsets[a : b + 1] - e0, batch_size))
+            tgt = None if is_target is None else is_target[e0:e1]
+            refs.append(remote.remote(scorer_ref, items[e0:e1], offsets[a : b + 1] - e0, batch_size,
+                                      tgt, exclude_history, max_history))
         parts = ray.get(refs)
     if not parts:
         z = np.zeros(0, np.int64)
-        return z, z.copy(), np.zeros(0, bool)
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+        return z, z.copy(), np.zeros(0, bool), np.zeros(0, bool)
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))  # type: ignore[return-value]
 
 
-def _count_partition(scorer, items, offsets, batch_size):
-    """A Ray task: the rank counts of one partition of the test sessions (on a private copy of
-    the stateful scorer; its arrays come from the object store as read-only views)."""
+def _count_partition(scorer, items, offsets, batch_size, is_target=None, exclude_history=False,
+                     max_history=None):
+    """A Ray task: the outputs of :func:`_count_ranks` for one partition of the test sessions (on a
+    private copy of the stateful scorer; its arrays come from the object store as read-only views)."""
     import copy
 
-    return _count_ranks(copy.deepcopy(scorer), items, offsets, batch_size)[:3]
+    return _count_ranks(copy.deepcopy(scorer), items, offsets, batch_size, is_target,
+                        exclude_history, max_history)
 
 
 class _CallableModule(type(sys.modules[__name__])):

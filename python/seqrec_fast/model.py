@@ -59,6 +59,41 @@ def _default_threads() -> int:
     return default_num_threads()
 
 
+VALID_OPTIONS = ("targets", "exclude_history", "max_history", "min_prefix", "unknown_targets")
+
+
+def check_valid_options(options: Optional[dict]) -> dict:
+    """The validation-protocol keywords of :meth:`SessionRNN.fit` (a copy; {} for None), checked:
+    only the :func:`~seqrec_fast.evaluate.evaluate` keywords in :data:`VALID_OPTIONS`."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"valid_options must be a dict or None; got {type(options).__name__}")
+    bad = sorted(set(options) - set(VALID_OPTIONS))
+    if bad:
+        raise ValueError(f"valid_options: unknown key(s) {', '.join(map(repr, bad))}; expected some "
+                         f"of {', '.join(VALID_OPTIONS)}")
+    from .evaluate import TARGET_MODES, UNKNOWN_TARGET_MODES
+
+    o = dict(options)
+    if o.get("targets", "all") not in TARGET_MODES:
+        raise ValueError(f"valid_options['targets'] must be one of {TARGET_MODES}; got {o['targets']!r}")
+    if o.get("unknown_targets", "drop") not in UNKNOWN_TARGET_MODES:
+        raise ValueError(f"valid_options['unknown_targets'] must be one of {UNKNOWN_TARGET_MODES}; "
+                         f"got {o['unknown_targets']!r}")
+    if not isinstance(o.get("exclude_history", False), (bool, np.bool_)):
+        raise TypeError(f"valid_options['exclude_history'] must be a bool; got {o['exclude_history']!r}")
+    for k in ("max_history", "min_prefix"):
+        v = o.get(k)
+        if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"valid_options[{k!r}] must be a positive int; got {v!r}")
+    if o.get("max_history") is not None and o.get("targets", "all") != "last":
+        raise ValueError("valid_options: max_history applies to targets='last' (leave-one-out) only")
+    if (o.get("min_prefix") or 1) > 1 and o.get("targets", "all") != "all":
+        raise ValueError("valid_options: min_prefix applies to targets='all' only")
+    return o
+
+
 class SessionRNN:
     """Session-based recommender with a recurrent network (GRU4Rec and its RNN / LSTM variants).
 
@@ -565,12 +600,16 @@ class SessionRNN:
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, train: SessionData, valid: Optional[SessionData] = None,
-            warm_start: bool = False) -> "SessionRNN":
+            warm_start: bool = False, valid_options: Optional[dict] = None) -> "SessionRNN":
         """Train on ``train`` (a :class:`~seqrec_fast.data.SessionData`); returns ``self``.
 
         With ``valid`` (sessions over the model's item map, e.g. ``load(path, item_map=train)``, or
-        ``item_map=model.item_ids_`` when item features add items), Recall@20 and MRR@20 are
-        computed after every epoch, and ``early_stopping`` can use them.
+        ``item_map=model.item_ids_`` when item features add items), Recall@20, MRR@20 and NDCG@20 are
+        computed after every epoch, and ``early_stopping`` can use them (MRR@20).
+        ``valid_options`` sets the validation protocol: keywords of
+        :func:`seqrec_fast.evaluate.evaluate` among ``targets``, ``exclude_history``,
+        ``max_history``, ``min_prefix`` and ``unknown_targets`` (e.g. leave-one-out:
+        ``{"targets": "last", "exclude_history": True, "max_history": 50}``).
 
         With ``warm_start=True`` a fitted (or loaded) model continues from its current weights and
         optimizer state (the daily retrain): ``n_epochs`` more epochs on ``train``. Items of
@@ -585,6 +624,7 @@ class SessionRNN:
             raise TypeError(f"train must be a SessionData (see seqrec_fast.data.load); got {type(train).__name__}")
         if valid is not None and not isinstance(valid, SessionData):
             raise TypeError(f"valid must be a SessionData or None; got {type(valid).__name__}")
+        valid_options = check_valid_options(valid_options)
         p = self._validated()
         if train.n_items < 2:
             raise ValueError(f"train has {train.n_items} items; need at least 2")
@@ -630,9 +670,10 @@ class SessionRNN:
             if valid is not None:
                 from .evaluate import evaluate
 
-                res = evaluate(self, valid, cutoffs=(20,), batch_size=512)
+                res = evaluate(self, valid, cutoffs=(20,), batch_size=512, **valid_options)
                 logs["valid_recall@20"] = float(res["recall@20"])
                 logs["valid_mrr@20"] = float(res["mrr@20"])
+                logs["valid_ndcg@20"] = float(res["ndcg@20"])
             self.history_.append(logs)
             if p["verbose"]:
                 line = (f"epoch {epoch}/{p['n_epochs']}  loss {logs['loss']:.4f} "

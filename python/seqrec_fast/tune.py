@@ -42,7 +42,7 @@ from .data import SessionData
 __all__ = ["METRICS", "OFFICIAL_NAMES", "SearchParam", "TuneResult", "load_space", "tune",
            "write_config"]
 
-METRICS: tuple[str, ...] = ("recall@20", "mrr@20")
+METRICS: tuple[str, ...] = ("recall@20", "mrr@20", "ndcg@20")
 #: official GRU4Rec parameter names accepted in space files, and ours
 OFFICIAL_NAMES: dict[str, str] = {"dropout_p_embed": "dropout_embed",
                                   "dropout_p_hidden": "dropout_hidden"}
@@ -240,7 +240,7 @@ class _Mailbox:
 
 
 def _run_trial(train: SessionData, valid: SessionData, params: dict, metric: str, mailbox: Any,
-               number: int) -> dict:
+               number: int, valid_options: dict | None = None) -> dict:
     """Train one configuration; returns {state, value, epochs, seconds, error}. Never raises for a
     failing configuration: the failure is the result."""
     import socket
@@ -254,7 +254,7 @@ def _run_trial(train: SessionData, valid: SessionData, params: dict, metric: str
     def on_epoch(model, epoch, logs):
         rec = {"epoch": int(epoch), "loss": float(logs["loss"]),
                "recall@20": float(logs["valid_recall@20"]), "mrr@20": float(logs["valid_mrr@20"]),
-               "seconds": float(logs["seconds"])}
+               "ndcg@20": float(logs["valid_ndcg@20"]), "seconds": float(logs["seconds"])}
         epochs.append(rec)
         if not (math.isfinite(rec["loss"]) and math.isfinite(rec[metric])):
             raise FloatingPointError(f"diverged: loss {rec['loss']}, validation {metric} "
@@ -270,7 +270,7 @@ def _run_trial(train: SessionData, valid: SessionData, params: dict, metric: str
     result: dict[str, Any] = {"epochs": epochs, "host": socket.gethostname(), "error": None}
     try:
         model = SessionRNN(**params, progress=False, verbose=False, callbacks=[on_epoch])
-        model.fit(train, valid)
+        model.fit(train, valid, valid_options=valid_options)
         result["state"] = "pruned" if status["pruned"] else "complete"
         result["value"] = epochs[-1][metric] if epochs else None
     except Exception as e:  # noqa: BLE001 - a failing trial is data, not a crash of the search
@@ -300,13 +300,16 @@ class TuneResult:
         return iter((self.study, self.best_params))
 
 
-def _load_data(x: Any, what: str, fmt: str, item_map: Any = None) -> SessionData:
+def _load_data(x: Any, what: str, fmt: str, item_map: Any = None,
+               keep_unknown: bool = False) -> SessionData:
     from .data import load
 
     if isinstance(x, SessionData):
         return x
     if isinstance(x, (str, os.PathLike)):
-        return load(x, fmt, item_map=item_map)
+        if item_map is None:
+            return load(x, fmt)
+        return load(x, fmt, item_map=item_map, keep_unknown=keep_unknown)
     raise TypeError(f"{what} must be a path or a SessionData; got {type(x).__name__}")
 
 
@@ -330,6 +333,7 @@ def tune(
     pruner_warmup_epochs: int = 1,
     format: str = "auto",
     verbose: bool = True,
+    valid_options: dict | None = None,
 ) -> TuneResult:
     """Search hyperparameters of SessionRNN on ``train`` for the best validation ``metric``.
 
@@ -345,7 +349,7 @@ def tune(
         interrupted by Ctrl-C do not count).
     out : str or os.PathLike
         Output folder (created). Holds the study (``study.db``) and the reports.
-    metric : {"mrr@20", "recall@20"}
+    metric : {"mrr@20", "recall@20", "ndcg@20"}
         Validation metric to maximise, after the last epoch of each trial.
     fixed : dict, optional
         Parameters that do not vary (model parameter names); may not overlap the space.
@@ -369,6 +373,11 @@ def tune(
         Format of ``train`` / ``valid`` files.
     verbose : bool
         One line per finished trial.
+    valid_options : dict, optional
+        The validation protocol (:meth:`SessionRNN.fit`'s ``valid_options``: ``targets``,
+        ``exclude_history``, ``max_history``, ``min_prefix``, ``unknown_targets``), e.g. leave-one-out
+        ``{"targets": "last", "exclude_history": True, "max_history": 50}``. Default: every event
+        after the first of each validation session, unknown items dropped.
 
     Returns
     -------
@@ -378,6 +387,9 @@ def tune(
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
+    from .model import check_valid_options
+
+    valid_options = check_valid_options(valid_options)
     for name, v, lo in (("n_trials", n_trials, 1), ("threads_per_trial", threads_per_trial, 1),
                         ("seed", seed, 0), ("pruner_startup_trials", pruner_startup_trials, 0),
                         ("pruner_warmup_epochs", pruner_warmup_epochs, 0)):
@@ -423,10 +435,13 @@ def tune(
         raise FileNotFoundError(f"nothing to resume: {db} does not exist")
     settings = {"metric": metric, "space": [q.to_json() for q in params_space],
                 "fixed": json.loads(json.dumps(base, default=str))}
+    if valid_options:  # (absent for the default protocol: studies made before it resume)
+        settings["valid_options"] = json.loads(json.dumps(valid_options, default=str))
     settings["fixed"].pop("num_threads", None)
 
     train_d = _load_data(train, "train", format)
-    valid_d = _load_data(valid, "valid", format, item_map=train_d)
+    valid_d = _load_data(valid, "valid", format, item_map=train_d,
+                         keep_unknown=valid_options.get("unknown_targets") == "miss")
     if valid_d.n_items != train_d.n_items:
         raise ValueError("valid must use train's item map: load(valid_path, item_map=train)")
 
@@ -466,7 +481,7 @@ def tune(
     from .cluster import default_workers, ray_session
 
     t0 = time.perf_counter()
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     with ray_session(address) as ray:
         P = int(parallel) if parallel is not None else default_workers(threads_per_trial)
         remote = ray.remote(num_cpus=int(threads_per_trial), max_retries=0)(_run_trial)
@@ -483,7 +498,8 @@ def tune(
                     params = dict(base)
                     params.update({k: _model_value(k, v) for k, v in sampled.items()})
                     trial.set_user_attr("params", json.loads(json.dumps(params, default=str)))
-                    ref = remote.remote(train_ref, valid_ref, params, metric, mailbox, trial.number)
+                    ref = remote.remote(train_ref, valid_ref, params, metric, mailbox, trial.number,
+                                        valid_options)
                     running[ref] = trial
                     trials[trial.number] = trial
                     launched += 1
@@ -502,19 +518,21 @@ def tune(
                                "error": f"{type(e).__name__}: {e}"}
                     _finish(study, trial, res, metric, verbose)
                     _write_reports(study, out_dir, metric, plot=False)
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through the CLI (cli.Terminated)
+            interrupted = e
             for ref in running:
                 ray.cancel(ref, force=True)
             running.clear()
-            # Every asked trial still open in the storage, including one that Ctrl-C caught between
-            # study.ask() and its launch, or between its result and study.tell().
-            for trial in trials.values():
-                if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
-                    continue
-                trial.set_user_attr("error", "interrupted (Ctrl-C)")
-                trial.set_user_attr("interrupted", True)
-                study.tell(trial, state=TrialState.FAIL)
+            # Every trial still open in the storage, including one that the interrupt caught inside
+            # study.ask() or between ask() and its launch, or between its result and study.tell()
+            # (this process is the study's only driver: a resume fails the open trials of a crashed
+            # one before it starts).
+            why = ("interrupted (SIGTERM)" if type(e).__name__ == "Terminated"
+                   else "interrupted (Ctrl-C or SIGTERM)")
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                study._storage.set_trial_user_attr(t._trial_id, "error", why)
+                study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+                study.tell(t.number, state=TrialState.FAIL)
         finally:
             if mailbox is not None:
                 ray.kill(mailbox)
@@ -523,12 +541,13 @@ def tune(
     counts: dict = {}
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
-    result = TuneResult(study, best_params, best_value, out_dir, seconds, interrupted, counts)
-    if interrupted:
+    result = TuneResult(study, best_params, best_value, out_dir, seconds, interrupted is not None,
+                        counts)
+    if interrupted is not None:
         if verbose:
             print(f"interrupted: the study is saved in {db}; continue with resume=True (--resume)",
                   flush=True)
-        raise KeyboardInterrupt
+        raise interrupted
     return result
 
 

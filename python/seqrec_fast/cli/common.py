@@ -12,6 +12,19 @@ from typing import Any
 EXIT_USAGE = 2
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM during a command."""
+
+
+_TERM = {"received": False}  # set by the CLI's SIGTERM handler (cli._sigterm_as_interrupt)
+
+
+def terminated(e: BaseException | None = None) -> bool:
+    """Whether this interrupt came from SIGTERM: a :class:`Terminated`, or any KeyboardInterrupt
+    after the handler ran (Ray, for one, re-raises interrupts as plain KeyboardInterrupt)."""
+    return isinstance(e, Terminated) or _TERM["received"]
+
+
 class CLIError(Exception):
     """A user error: printed as ``seqrec: error: <message>``, exit status 2."""
 
@@ -154,6 +167,15 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
         "SASRec); exclusion still uses the whole history",
     )
     p.add_argument(
+        "--min-prefix",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="with --targets all: count only targets with at least N events before them in their "
+        "session (default 1: every event after the first; 2: the 'prefixes of length >= 2' "
+        "protocol)",
+    )
+    p.add_argument(
         "--batch-size",
         type=_positive_int,
         default=512,
@@ -168,11 +190,58 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_valid_protocol_options(p: argparse.ArgumentParser, what: str) -> None:
+    """The validation-protocol options of ``train --valid`` and ``tune`` (``what``: the data they
+    apply to, for the help texts); read back with :func:`valid_options`."""
+    from ..evaluate import UNKNOWN_TARGET_MODES
+
+    g = p.add_argument_group(f"validation protocol (applied to {what})")
+    g.add_argument("--protocol", choices=("next", "loo"), default="next",
+                   help="next: every event after the first of each session is predicted (default); "
+                   "loo: leave-one-out, only the last item of each history (files from 'seqrec data "
+                   "prepare --protocol loo')")
+    g.add_argument("--exclude-history", action="store_true",
+                   help="remove the user's earlier items from each ranking (S3-Rec / ICLRec)")
+    g.add_argument("--max-history", type=_positive_int, default=None, metavar="N",
+                   help="with --protocol loo: feed only the last N items before the target")
+    g.add_argument("--min-prefix", type=_positive_int, default=1, metavar="N",
+                   help="with --protocol next: count only targets with at least N events before them")
+    g.add_argument("--unknown-targets", choices=UNKNOWN_TARGET_MODES, default=None,
+                   help="validation items unknown to training: drop (default; miss with --protocol "
+                   "loo) or count as misses")
+
+
+def valid_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``SessionRNN.fit(valid_options=...)`` / ``tune(valid_options=...)`` from
+    :func:`add_valid_protocol_options`' options ({} for the default protocol)."""
+    loo = args.protocol == "loo"
+    if args.max_history is not None and not loo:
+        raise CLIError("--max-history needs --protocol loo")
+    if args.min_prefix > 1 and loo:
+        raise CLIError("--min-prefix applies to --protocol next")
+    out: dict[str, Any] = {}
+    if loo:
+        out["targets"] = "last"
+    if args.exclude_history:
+        out["exclude_history"] = True
+    if args.max_history is not None:
+        out["max_history"] = args.max_history
+    if args.min_prefix > 1:
+        out["min_prefix"] = args.min_prefix
+    unknown = args.unknown_targets or ("miss" if loo else None)
+    if unknown is not None:
+        out["unknown_targets"] = unknown
+    return out
+
+
 def eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The evaluate() keywords of the shared options (``--protocol loo`` means targets="last")."""
     targets = "last" if args.protocol == "loo" else args.targets
     if args.max_history is not None and targets != "last":
         raise CLIError("--max-history needs --protocol loo (or --targets last)")
+    min_prefix = getattr(args, "min_prefix", 1)
+    if min_prefix > 1 and targets != "all":
+        raise CLIError("--min-prefix applies to --targets all (not to --protocol loo)")
     return {
         "cutoffs": args.cutoffs,
         "tie_mode": args.tie_mode,
@@ -182,6 +251,7 @@ def eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "targets": targets,
         "exclude_history": bool(args.exclude_history),
         "max_history": args.max_history,
+        "min_prefix": min_prefix,
     }
 
 

@@ -25,8 +25,10 @@ from .common import (
     _positive_int,
     _to_py,
     add_eval_options,
+    add_valid_protocol_options,
     eval_kwargs,
     report_evaluation,
+    valid_options,
 )
 
 
@@ -100,6 +102,7 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--save-optimizer-state", action="store_true",
                    help="also save the optimizer state, for a later --warm-start")
+    add_valid_protocol_options(p, "--valid")
     p.set_defaults(func=_cmd_train)
 
 
@@ -107,12 +110,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     params = _model_params(args)
     if args.early_stopping is not None and args.valid is None:
         raise CLIError("--early-stopping needs --valid")
+    v_opts = valid_options(args)
+    if v_opts and args.valid is None:
+        raise CLIError("--protocol, --exclude-history, --max-history, --min-prefix and "
+                       "--unknown-targets set the validation protocol: they need --valid")
     _check_out_path(args.out, "model file")
     _check_in_path(args.train, "training data")
     if args.valid is not None:
         _check_in_path(args.valid, "validation data")
     train = _load(args.train, args.format)
-    valid = _load(args.valid, args.format, item_map=train) if args.valid is not None else None
+    valid = (_load(args.valid, args.format, item_map=train,
+                   keep_unknown=v_opts.get("unknown_targets") == "miss")
+             if args.valid is not None else None)
 
     from ..model import SessionRNN
 
@@ -135,10 +144,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"bad hyperparameters: {e}") from None
     t0 = time.perf_counter()
     try:
+        fit_kw = {"valid_options": v_opts} if v_opts else {}
         if args.warm_start is not None:
-            model.fit(train, valid, warm_start=True)
+            model.fit(train, valid, warm_start=True, **fit_kw)
         else:
-            model.fit(train, valid)
+            model.fit(train, valid, **fit_kw)
     except FloatingPointError as e:
         raise CLIError(f"training diverged: {e}") from None
     except ValueError as e:

@@ -12,6 +12,9 @@ from .common import (
     _model_param,
     _nonneg_int,
     _positive_int,
+    add_valid_protocol_options,
+    terminated,
+    valid_options,
 )
 
 
@@ -33,7 +36,7 @@ def _register_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", required=True, type=_positive_int, metavar="N",
                    help="trials in total (with --resume, including those already finished)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    p.add_argument("--metric", choices=("recall@20", "mrr@20"), default="mrr@20",
+    p.add_argument("--metric", choices=("recall@20", "mrr@20", "ndcg@20"), default="mrr@20",
                    help="validation metric to maximise (default: mrr@20)")
     p.add_argument("--fixed", nargs="+", type=_model_param, default=[], metavar="KEY=VALUE",
                    help="parameters that do not vary (e.g. --fixed n_epochs=5 loss=cross-entropy)")
@@ -57,6 +60,7 @@ def _register_tune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=_format_choices(), default="auto",
                    help="format of TRAIN and VALID (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no line per trial")
+    add_valid_protocol_options(p, "VALID")
     p.set_defaults(func=_cmd_tune)
 
 
@@ -76,13 +80,16 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             threads_per_trial=args.threads_per_trial, address=args.address, seed=args.seed,
             resume=args.resume, prune=not args.no_prune, pruner_startup_trials=args.prune_startup,
             pruner_warmup_epochs=args.prune_warmup, format=args.format, verbose=not args.quiet,
+            valid_options=valid_options(args),
         )
     except TypeError as e:
         raise CLIError(f"bad parameters: {e}") from None
-    except KeyboardInterrupt:
-        print(f"seqrec: interrupted; the study is saved in {args.out}/study.db, continue with "
+    except KeyboardInterrupt as e:
+        term = terminated(e)
+        how = "terminated (SIGTERM)" if term else "interrupted"
+        print(f"seqrec: {how}; the study is saved in {args.out}/study.db, continue with "
               "--resume", file=sys.stderr)
-        return 130
+        return 143 if term else 130
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()))
     print(f"{sum(result.counts.values())} trials ({counts}) in {result.seconds:.1f}s")
     if result.best_params is None:

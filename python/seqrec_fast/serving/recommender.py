@@ -113,6 +113,12 @@ def model_fingerprint(model) -> str:
 # ---------------------------------------------------------------------------------------------------
 # the model side: immutable, swapped as a whole on reload
 # ---------------------------------------------------------------------------------------------------
+def _check_threads(num_threads) -> None:
+    if not isinstance(num_threads, (int, np.integer)) or isinstance(num_threads, bool) \
+            or num_threads < 1:
+        raise ValueError(f"num_threads must be an int >= 1; got {num_threads!r}")
+
+
 class _Engine:
     """Everything the Recommender derives from one model: float32 weights, the packed scoring table,
     the item map, the fingerprint and the optional approximate index."""
@@ -368,9 +374,7 @@ class Recommender:
             raise ValueError(f"unknown_item must be one of {UNKNOWN_ITEM_POLICIES}; got {unknown_item!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
-        if not isinstance(num_threads, (int, np.integer)) or isinstance(num_threads, bool) \
-                or num_threads < 1:
-            raise ValueError(f"num_threads must be an int >= 1; got {num_threads!r}")
+        _check_threads(num_threads)
         if index not in INDEXES:
             raise ValueError(f"index must be one of {INDEXES}; got {index!r}")
         if index == "hnsw" and precision != "float32":
@@ -382,7 +386,7 @@ class Recommender:
         self.exclude_seen = bool(exclude_seen)
         self.unknown_item = unknown_item
         self.precision = precision
-        self.num_threads = int(num_threads)
+        self._num_threads = int(num_threads)
         self.index = None if index == "exact" else index
         self.index_path = None if index_path is None else str(index_path)
         self.index_options = dict(index_options or {})
@@ -398,6 +402,21 @@ class Recommender:
             raise ValueError("model is not fitted; fit it or use SessionRNN.load(path)")
         return _Engine(model, self.precision, self.num_threads, self.index, self.index_path,
                        self.index_options)
+
+    @property
+    def num_threads(self) -> int:
+        """Threads per kernel call. Settable: the served engine (and its index) use the new count
+        from the next call on; nothing is rebuilt."""
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value: int) -> None:
+        _check_threads(value)
+        self._num_threads = int(value)
+        eng = self._engine
+        eng.num_threads = int(value)
+        if eng.ann is not None and hasattr(eng.ann, "num_threads"):
+            eng.ann.num_threads = int(value)
 
     # -- the model side (read-only views of the current engine) ----------------------------------
     model = property(lambda self: self._engine.model)
@@ -507,16 +526,24 @@ class Recommender:
         return self._engine.scores_of_states(H, k, exclude)
 
     # -- state access: the one place that reads the store -----------------------------------------
-    def _load_session(self, eng: _Engine, session_id: Hashable) -> tuple[Optional[SessionState], int]:
+    def _load_session(self, eng: _Engine, session_id: Hashable,
+                      for_update: bool = False) -> tuple[Optional[SessionState], int]:
         """The session's state as ``eng`` sees it, and the stored version to commit against.
+
+        ``for_update``: the read starts a read-modify-write (the first attempt of an event), so a
+        store's ``get_for_update`` may answer from its local cache (a stale answer only makes the
+        compare-and-set fail and the event retry on a fresh read).
 
         Returns ``(None, 0)`` for no session; ``(None, v)`` for a stored state that is malformed (it
         counts as missing and is logged; the next write replaces it); ``(state, v)`` otherwise, with a
         state of another model's fingerprint rebuilt by replaying its recent items through ``eng``.
         Raises :class:`~seqrec_fast.serving.store.StoreUnavailableError` when the store is down.
         """
+        get = self.store.get
+        if for_update:
+            get = getattr(self.store, "get_for_update", get)
         try:
-            state = self.store.get(session_id)
+            state = get(session_id)
         except MalformedStateError as e:  # a store that hands malformed bytes up instead of dropping
             self.malformed += 1
             log.warning("session %r: malformed state (%s); treated as a new session", session_id, e)
@@ -567,7 +594,7 @@ class Recommender:
             return self._current(eng, session_id, k)
         items = np.array([idx], np.int32)
         for attempt in range(MAX_CAS_RETRIES):
-            state, version = self._load_session(eng, session_id)
+            state, version = self._load_session(eng, session_id, for_update=attempt == 0)
             if state is None:
                 h, c = eng.zero_state(1)
                 recent = np.zeros(0, eng.recent_dtype())
@@ -637,7 +664,7 @@ class Recommender:
         results: list[Optional[Result]] = [None] * n
         todo = list(dict.fromkeys(session_ids))
         for _attempt in range(MAX_CAS_RETRIES):
-            loaded = {sid: self._load_session(eng, sid) for sid in todo}
+            loaded = {sid: self._load_session(eng, sid, for_update=_attempt == 0) for sid in todo}
             states = {sid: st for sid, (st, _v) in loaded.items()}
             mine = set(todo)
             positions = [p for p in range(n) if session_ids[p] in mine]
@@ -764,7 +791,7 @@ class Recommender:
         Committed with a compare-and-set like :meth:`recommend` (recomputed on a lost race)."""
         eng = self._engine
         for attempt in range(MAX_CAS_RETRIES):
-            state, version = self._load_session(eng, session_id)
+            state, version = self._load_session(eng, session_id, for_update=attempt == 0)
             if state is None:
                 h, c = eng.zero_state(1)
             else:

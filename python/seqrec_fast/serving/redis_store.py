@@ -3,8 +3,17 @@
 What is here: :class:`RedisSessionStore`, a :class:`~seqrec_fast.serving.store.SessionStore` that keeps
 each session as one Redis hash ``<prefix>s:<session_id>`` with two fields, ``v`` (version) and ``s``
 (the state bytes of :func:`~seqrec_fast.serving.store.encode_state`), and a TTL of ``ttl_seconds``
-restarted by every write and by :meth:`touch`. What is not: any local cache (every read goes to Redis,
-so any number of processes and replicas see the same sessions).
+restarted by every write and by :meth:`touch`. Every read goes to Redis, so any number of processes and
+replicas see the same sessions; the one exception is opt-in and cannot change an answer:
+
+``local_cache=N`` (or ``?local_cache=N`` in the URL) keeps the last N states this process wrote, with
+their versions. An event's read-modify-write then starts from the cached state
+(:meth:`get_for_update`) and costs one round trip (the compare-and-set) instead of two. A cached state
+that another process replaced meanwhile carries an old version, so the compare-and-set refuses it and
+the Recommender redoes the event on a fresh read: a stale cache costs a retry, never a lost or a wrong
+update. Read-only calls (:meth:`get`) always go to Redis. Worth it when a session's events usually reach
+the same process (session-affine load balancing, or one process); with round-robin across N processes
+most cached states are stale and each costs one extra round trip.
 
 Compare-and-set is one Lua script, atomic on the server: it writes only if the stored version still is
 the expected one (absent = 0), takes the new version from a store-wide counter (``<prefix>version``,
@@ -30,9 +39,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Optional
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 from .store import (
     MalformedStateError,
@@ -81,10 +91,15 @@ class RedisSessionStore:
         Seconds before a Redis call counts as failed (then 503, not a hung request).
     client : redis.Redis, optional
         Use this client instead of one built from ``url``.
+    local_cache : int, default 0
+        Keep the last this many states written by this process for :meth:`get_for_update` (one round
+        trip per event instead of two when a session's events reach this process; see the module
+        docstring). 0: off. A ``local_cache=N`` query parameter of ``url`` sets it too.
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", ttl_seconds: float = 1800.0,
-                 prefix: str = "seqrec:", socket_timeout: float = 1.0, client=None):
+                 prefix: str = "seqrec:", socket_timeout: float = 1.0, client=None,
+                 local_cache: Optional[int] = None):
         try:
             import redis
             from redis.backoff import NoBackoff
@@ -92,8 +107,24 @@ class RedisSessionStore:
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise ImportError("the Redis session store needs redis-py: pip install "
                               f"'seqrec-fast[redis]' ({e})") from None
+        parsed = urlparse(url)
+        query = parse_qsl(parsed.query, keep_blank_values=True)
+        from_url = dict(query).get("local_cache")
+        if from_url is not None:
+            if local_cache is not None and str(local_cache) != from_url:
+                raise ValueError(f"local_cache={local_cache!r} conflicts with the URL's "
+                                 f"local_cache={from_url}")
+            try:
+                local_cache = int(from_url)
+            except ValueError:
+                raise ValueError(f"local_cache in the store URL must be an int >= 0; got "
+                                 f"{from_url!r}") from None
+            url = urlunparse(parsed._replace(query=urlencode(
+                [(k, v) for k, v in query if k != "local_cache"])))
+        local_cache = 0 if local_cache is None else local_cache
+        if isinstance(local_cache, bool) or not isinstance(local_cache, int) or local_cache < 0:
+            raise ValueError(f"local_cache must be an int >= 0; got {local_cache!r}")
         if client is None:
-            parsed = urlparse(url)
             if parsed.scheme not in ("redis", "rediss", "unix"):
                 raise ValueError(f"not a Redis URL: {url!r}; expected redis://host:port/db")
             client = redis.Redis.from_url(
@@ -112,9 +143,39 @@ class RedisSessionStore:
         self.conflicts = 0
         self.malformed = 0
         self.errors = 0
+        self.local_cache = int(local_cache)
+        self._cache: OrderedDict = OrderedDict()  # session id -> SessionState (with its version)
+        self.cache_hits = 0
 
     def __repr__(self) -> str:
-        return f"RedisSessionStore({self._safe_url()!r}, ttl_seconds={self.ttl_seconds})"
+        extra = f", local_cache={self.local_cache}" if self.local_cache else ""
+        return f"RedisSessionStore({self._safe_url()!r}, ttl_seconds={self.ttl_seconds}{extra})"
+
+    # -- the opt-in local cache of written states ------------------------------------------------
+    def _remember(self, session_id: Hashable, state: Optional[SessionState]) -> None:
+        if not self.local_cache:
+            return
+        with self._lock:
+            if state is None:
+                self._cache.pop(session_id, None)
+                return
+            self._cache[session_id] = state
+            self._cache.move_to_end(session_id)
+            while len(self._cache) > self.local_cache:
+                self._cache.popitem(last=False)
+
+    def get_for_update(self, session_id: Hashable) -> Optional[SessionState]:
+        """The state to start a read-modify-write from: this process's last written state of the
+        session when ``local_cache`` holds it (no round trip; its version makes a compare-and-set
+        fail if another process wrote since), else :meth:`get`."""
+        if self.local_cache:
+            with self._lock:
+                state = self._cache.get(session_id)
+                if state is not None:
+                    self._cache.move_to_end(session_id)
+                    self.cache_hits += 1
+                    return state
+        return self.get(session_id)
 
     def _safe_url(self) -> str:
         p = urlparse(self.url)
@@ -137,9 +198,12 @@ class RedisSessionStore:
         except self._redis.RedisError as e:
             raise self._unavailable(e) from None
         if v is None:
+            self._remember(session_id, None)
             return None
         try:
-            return decode_state(raw if raw is not None else b"", int(v))
+            state = decode_state(raw if raw is not None else b"", int(v))
+            self._remember(session_id, state)
+            return state
         except (MalformedStateError, ValueError) as e:
             with self._lock:
                 self.malformed += 1
@@ -161,10 +225,14 @@ class RedisSessionStore:
         if not nv:
             with self._lock:
                 self.conflicts += 1
+            self._remember(session_id, None)
             return None
+        if self.local_cache:
+            self._remember(session_id, state.with_version(int(nv)))
         return int(nv)
 
     def delete(self, session_id: Hashable) -> bool:
+        self._remember(session_id, None)
         try:
             return bool(self.client.delete(self.key(session_id)))
         except self._redis.RedisError as e:
@@ -197,6 +265,8 @@ class RedisSessionStore:
 
     def clear(self) -> None:
         """Delete every session under this prefix."""
+        with self._lock:
+            self._cache.clear()
         try:
             keys = list(self.client.scan_iter(match=f"{self.prefix}s:*", count=1000))
             for i in range(0, len(keys), 1000):
@@ -209,6 +279,7 @@ class RedisSessionStore:
         and this client's counters; ``available`` False when Redis does not answer."""
         out = {"store": "redis", "url": self._safe_url(), "ttl_seconds": self.ttl_seconds,
                "conflicts": self.conflicts, "malformed": self.malformed, "errors": self.errors,
+               "local_cache": self.local_cache, "cache_hits": self.cache_hits,
                "sessions": 0, "bytes": 0, "evictions": 0, "expirations": 0, "available": True}
         try:
             info = self.client.info()
