@@ -40,16 +40,18 @@ import pandas as pd
 
 from . import _core
 from .data import (
+    _as_id_array,
+    _lookup,
+)
+from .formats import (
     _ITEM_ALIASES,
     _SESSION_ALIASES,
     _TIME_ALIASES,
     FORMATS,
-    _as_id_array,
     _check_path,
     _head_lines,
     _ids_from_str,
     _is_gzip,
-    _lookup,
     _parse_ids,
     _pick,
     _read_head,
