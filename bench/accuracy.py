@@ -109,6 +109,12 @@ def _benchmark_data(name: str, split: str):
                                  keep_unknown=True)
     kw = {"targets": "last", "exclude_history": True, "max_history": MAX_HISTORY,
           "unknown_targets": "miss", "cutoffs": (10, 20)}
+    if split == "test":
+        # the same training part serves validation and test (S3-Rec / ICLRec protocol): the
+        # validation figure of every seed comes with the test figure at no extra training
+        va = sp["train_valid"]
+        kw["_valid"] = SessionData.from_events(va["SessionId"], va["ItemId"], va["Time"],
+                                               item_map=train, keep_unknown=True)
     return train, ev, kw, ("hitrate@10", "hitrate@20", "ndcg@10", "ndcg@20")
 
 
@@ -126,7 +132,9 @@ def run_benchmarks(names, split: str, seeds, threads: int) -> list:
         params.pop("num_threads", None)
         params.pop("seed", None)
         train, ev, kw, keys = _benchmark_data(name, split)
+        also_valid = kw.pop("_valid", None)
         vals = {k: [] for k in keys}
+        vvals = {k: [] for k in keys}
         fits = []
         for seed in seeds:
             m = SessionRNN(**params, seed=seed, num_threads=threads, progress=False, verbose=False)
@@ -136,15 +144,27 @@ def run_benchmarks(names, split: str, seeds, threads: int) -> list:
             res = evaluate(m, ev, tie_mode="conservative", **kw)
             for k in keys:
                 vals[k].append(float(res[k]))
+            extra = {}
+            if also_valid is not None:
+                vres = evaluate(m, also_valid, tie_mode="conservative", **kw)
+                for k in keys:
+                    vvals[k].append(float(vres[k]))
+                extra = {f"valid_{k}": vvals[k][-1] for k in keys}
             print(f"{name} {split} seed {seed}: " + "  ".join(f"{k} {vals[k][-1]:.4f}" for k in keys)
-                  + f"  (fit {fits[-1]:.1f}s, {res.n_events} predictions)", flush=True)
+                  + f"  (fit {fits[-1]:.1f}s, {res.n_events} predictions)"
+                  + ("  valid " + "  ".join(f"{k} {vvals[k][-1]:.4f}" for k in keys)
+                     if also_valid is not None else ""), flush=True)
             records.append({"case": "accuracy_benchmark", "dataset": name, "split": split,
-                            "seed": seed, **{k: vals[k][-1] for k in keys}, "fit_s": fits[-1],
-                            "threads": threads, "params": params})
+                            "seed": seed, **{k: vals[k][-1] for k in keys}, **extra,
+                            "fit_s": fits[-1], "threads": threads, "params": params,
+                            "loadavg": os.getloadavg()[0]})
         pub, src = BENCHMARKS[name][4], BENCHMARKS[name][5]
         summary = "  ".join(f"{k} {np.mean(v):.4f} ± {np.std(v):.4f}" for k, v in vals.items())
         print(f"{name} {split}, mean ± sd over {len(seeds)} seeds: {summary}; "
               f"fit {np.mean(fits):.0f}s; published ({src}): {pub}")
+        if also_valid is not None:
+            print(f"{name} valid (same models), mean over {len(seeds)} seeds: " + "  ".join(
+                f"{k} {np.mean(v):.4f}" for k, v in vvals.items()))
     return records
 
 
