@@ -69,7 +69,6 @@ def write_subset(src: Path, n_events: int, out: Path) -> tuple[int, int]:
     n_events events, as GRU4Rec's TSV (SessionId, ItemId, Time). Returns (events, sessions)."""
     import numpy as np
     import pandas as pd
-
     from seqrec_fast.data import load
 
     data = load(str(src))

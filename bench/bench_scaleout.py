@@ -73,9 +73,7 @@ def bench_tune(modes, trials: int, epochs: int, seed: int, out: Path, prune: boo
 
 
 def bench_score(repeats: int, out: Path) -> list[dict]:
-    import numpy as np
     import pandas as pd
-
     from seqrec_fast.data import load
     from seqrec_fast.model import SessionRNN
     from seqrec_fast.score import score
@@ -128,7 +126,6 @@ def bench_score(repeats: int, out: Path) -> list[dict]:
     recs.append({"suite": "score", "side": "ray fixed cost per job (1 session)",
                  "median_s": statistics.median(fixed), "seconds": fixed})
     print(f"score: Ray's fixed cost per job {statistics.median(fixed):.2f} s", flush=True)
-    del np
     return recs
 
 

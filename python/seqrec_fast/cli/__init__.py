@@ -22,8 +22,8 @@ import argparse
 import signal
 import sys
 import threading
-from contextlib import contextmanager
 from collections.abc import Sequence
+from contextlib import contextmanager
 from typing import Callable
 
 from .baseline import _register_baseline
