@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -239,7 +240,7 @@ def test_ctrl_c_stops_cleanly_with_the_study_saved(data, tmp_path, ray_local):
     train, valid = data
     space = [SearchParam("learning_rate", "float", (0.02, 0.3), 0.01)]
     out = tmp_path / "c"
-    fixed = dict(FIXED, n_epochs=200)  # long trials: Ctrl-C lands while they run
+    fixed = dict(FIXED, n_epochs=5000)  # long trials (minutes each): Ctrl-C lands while they run
     stop = threading.Event()
 
     def ctrl_c_when_trials_run():
@@ -247,9 +248,11 @@ def test_ctrl_c_stops_cleanly_with_the_study_saved(data, tmp_path, ray_local):
         # run (a KeyboardInterrupt that lands in an object's __del__ -- e.g. a Ray ObjectRef being
         # collected on the main thread -- is printed and dropped by Python, for a user as for this test)
         pressed = False
+        t_db = None  # when study.db appeared: if no RUNNING row can be read within 5 s, press anyway
         while not stop.wait(5.0 if pressed else 0.2):
             if not (out / "study.db").exists():
                 continue
+            t_db = t_db or time.monotonic()
             try:  # read-only peek (optuna here would race tune() creating the schema)
                 con = sqlite3.connect(f"file:{out / 'study.db'}?mode=ro", uri=True, timeout=1)
                 try:
@@ -257,9 +260,9 @@ def test_ctrl_c_stops_cleanly_with_the_study_saved(data, tmp_path, ray_local):
                         "SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
                 finally:
                     con.close()
-            except sqlite3.Error:  # the study is being created
-                continue
-            if running:
+            except sqlite3.Error:  # the study is being created, or a write holds the lock
+                running = 0
+            if running or time.monotonic() - t_db > 5.0:
                 if not pressed:
                     stop.wait(0.5)
                 _thread.interrupt_main()
