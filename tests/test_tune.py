@@ -268,6 +268,11 @@ def test_ctrl_c_stops_cleanly_with_the_study_saved(data, tmp_path, ray_local):
                 _thread.interrupt_main()
                 pressed = True
 
+    # a process started in the background by a non-interactive shell inherits SIGINT ignored, and
+    # then interrupt_main() does nothing: give this test Python's own Ctrl-C handler
+    import signal
+
+    old_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     watcher = threading.Thread(target=ctrl_c_when_trials_run, daemon=True)
     watcher.start()
     try:
@@ -276,6 +281,7 @@ def test_ctrl_c_stops_cleanly_with_the_study_saved(data, tmp_path, ray_local):
     finally:
         stop.set()
         watcher.join()
+        signal.signal(signal.SIGINT, old_sigint)
     study = optuna.load_study(study_name="seqrec-tune", storage=f"sqlite:///{out / 'study.db'}")
     states = [t.state.name for t in study.trials]
     assert states and "RUNNING" not in states
