@@ -58,41 +58,6 @@ def _default_threads() -> int:
     return default_num_threads()
 
 
-VALID_OPTIONS = ("targets", "exclude_history", "max_history", "min_prefix", "unknown_targets")
-
-
-def check_valid_options(options: Optional[dict]) -> dict:
-    """The validation-protocol keywords of :meth:`SessionRNN.fit` (a copy; {} for None), checked:
-    only the :func:`~seqrec_fast.evaluate.evaluate` keywords in :data:`VALID_OPTIONS`."""
-    if options is None:
-        return {}
-    if not isinstance(options, dict):
-        raise TypeError(f"valid_options must be a dict or None; got {type(options).__name__}")
-    bad = sorted(set(options) - set(VALID_OPTIONS))
-    if bad:
-        raise ValueError(f"valid_options: unknown key(s) {', '.join(map(repr, bad))}; expected some "
-                         f"of {', '.join(VALID_OPTIONS)}")
-    from .evaluate import TARGET_MODES, UNKNOWN_TARGET_MODES
-
-    o = dict(options)
-    if o.get("targets", "all") not in TARGET_MODES:
-        raise ValueError(f"valid_options['targets'] must be one of {TARGET_MODES}; got {o['targets']!r}")
-    if o.get("unknown_targets", "drop") not in UNKNOWN_TARGET_MODES:
-        raise ValueError(f"valid_options['unknown_targets'] must be one of {UNKNOWN_TARGET_MODES}; "
-                         f"got {o['unknown_targets']!r}")
-    if not isinstance(o.get("exclude_history", False), (bool, np.bool_)):
-        raise TypeError(f"valid_options['exclude_history'] must be a bool; got {o['exclude_history']!r}")
-    for k in ("max_history", "min_prefix"):
-        v = o.get(k)
-        if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
-            raise ValueError(f"valid_options[{k!r}] must be a positive int; got {v!r}")
-    if o.get("max_history") is not None and o.get("targets", "all") != "last":
-        raise ValueError("valid_options: max_history applies to targets='last' (leave-one-out) only")
-    if (o.get("min_prefix") or 1) > 1 and o.get("targets", "all") != "all":
-        raise ValueError("valid_options: min_prefix applies to targets='all' only")
-    return o
-
-
 class SessionRNN(CatalogueMixin):
     """Session-based recommender with a recurrent network (GRU4Rec and its RNN / LSTM variants).
 
@@ -416,6 +381,8 @@ class SessionRNN(CatalogueMixin):
             raise TypeError(f"train must be a SessionData (see seqrec_fast.data.load); got {type(train).__name__}")
         if valid is not None and not isinstance(valid, SessionData):
             raise TypeError(f"valid must be a SessionData or None; got {type(valid).__name__}")
+        from .evaluate import check_valid_options
+
         valid_options = check_valid_options(valid_options)
         p = self._validated()
         if train.n_items < 2:

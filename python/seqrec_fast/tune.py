@@ -387,7 +387,7 @@ def tune(
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}; got {metric!r}")
-    from .model import check_valid_options
+    from .evaluate import check_valid_options
 
     valid_options = check_valid_options(valid_options)
     for name, v, lo in (("n_trials", n_trials, 1), ("threads_per_trial", threads_per_trial, 1),
