@@ -55,17 +55,21 @@ def test_engine_errors(model_and_test):
         evaluate(model, test, engine="ray", workers=0)
 
 
+def _write_tsv(d, path):
+    """Sessions as a GRU4Rec TSV file (SessionId, ItemId, Time), for the CLI tests."""
+    import pandas as pd
+
+    sess = np.repeat(np.arange(d.n_sessions), np.diff(d.offsets))
+    pd.DataFrame({"SessionId": sess, "ItemId": d.item_ids[d.items],
+                  "Time": np.arange(d.n_events)}).to_csv(path, sep="\t", index=False)
+
+
 def test_cli_evaluate_engine_ray(model_and_test, tmp_path, ray_local, capsys):
     import json
 
-    import pandas as pd
-
     model, test = model_and_test
     model.save(tmp_path / "m.npz")
-    sess = np.repeat(np.arange(test.n_sessions), np.diff(test.offsets))
-    pd.DataFrame({"SessionId": sess, "ItemId": test.item_ids[test.items],
-                  "Time": np.arange(test.n_events)}).to_csv(tmp_path / "t.tsv", sep="\t",
-                                                           index=False)
+    _write_tsv(test, tmp_path / "t.tsv")
     out = {}
     for engine in ("local", "ray"):
         j = tmp_path / f"{engine}.json"
@@ -112,14 +116,9 @@ def test_ray_engine_identical_to_local_loo_and_min_prefix(model_and_test, ray_lo
 def test_cli_evaluate_min_prefix(model_and_test, tmp_path, capsys):
     import json
 
-    import pandas as pd
-
     model, test = model_and_test
     model.save(tmp_path / "m.npz")
-    sess = np.repeat(np.arange(test.n_sessions), np.diff(test.offsets))
-    pd.DataFrame({"SessionId": sess, "ItemId": test.item_ids[test.items],
-                  "Time": np.arange(test.n_events)}).to_csv(tmp_path / "t.tsv", sep="\t",
-                                                           index=False)
+    _write_tsv(test, tmp_path / "t.tsv")
     j = tmp_path / "r.json"
     assert main(["evaluate", str(tmp_path / "m.npz"), str(tmp_path / "t.tsv"), "--min-prefix", "2",
                  "--json", str(j)]) == 0

@@ -291,15 +291,20 @@ def test_ctrl_c_stops_cleanly_with_the_study_saved(data, tmp_path, ray_local):
     assert (out / "trials.jsonl").exists() and (out / "history.png").exists()
 
 
-def test_cli_tune(data, tmp_path, ray_local, capsys):
-    train, valid = data
+def _cli_inputs(data, tmp_path):
+    """train / valid as GRU4Rec TSV files and a one-parameter space file, for the CLI tests."""
     trp, vap = tmp_path / "tr.tsv", tmp_path / "va.tsv"
-    for d, p in ((train, trp), (valid, vap)):
+    for d, p in zip(data, (trp, vap)):
         sess = np.repeat(np.arange(d.n_sessions), np.diff(d.offsets))
         pd.DataFrame({"SessionId": sess, "ItemId": d.item_ids[d.items],
                       "Time": np.arange(d.n_events)}).to_csv(p, sep="\t", index=False)
     space = _write_space(tmp_path / "s.jsonl", [
         {"name": "learning_rate", "dtype": "float", "values": [0.05, 0.2], "step": 0.05}])
+    return trp, vap, space
+
+
+def test_cli_tune(data, tmp_path, ray_local, capsys):
+    trp, vap, space = _cli_inputs(data, tmp_path)
     out = tmp_path / "cli"
     argv = ["tune", str(trp), str(vap), "--space", str(space), "--trials", "2", "--out", str(out),
             "--fixed", "layers=12", "n_sample=16", "batch_size=16", "n_epochs=1",
@@ -331,14 +336,7 @@ def test_cli_tune_sigterm_saves_the_study(data, tmp_path, ray_local):
     import sys
     import time
 
-    train, valid = data
-    trp, vap = tmp_path / "tr.tsv", tmp_path / "va.tsv"
-    for d, p in ((train, trp), (valid, vap)):
-        sess = np.repeat(np.arange(d.n_sessions), np.diff(d.offsets))
-        pd.DataFrame({"SessionId": sess, "ItemId": d.item_ids[d.items],
-                      "Time": np.arange(d.n_events)}).to_csv(p, sep="\t", index=False)
-    space = _write_space(tmp_path / "s.jsonl", [
-        {"name": "learning_rate", "dtype": "float", "values": [0.05, 0.2], "step": 0.05}])
+    trp, vap, space = _cli_inputs(data, tmp_path)
     out = tmp_path / "term"
     address = ray_local.get_runtime_context().gcs_address  # join the test's Ray, do not start one
     cmd = [sys.executable, "-m", "seqrec_fast.cli", "tune", str(trp), str(vap), "--space", str(space),
