@@ -1,10 +1,15 @@
 """The kernels' thread pool (cpp/include/seqrec/parallel.h): results depend on the thread count only --
-not on the backend (pool or OpenMP), the spin setting, concurrent callers or a fork."""
+not on the backend (pool or OpenMP), the spin setting, concurrent callers, a fork, or the pool's
+back-off to the calling thread alone when its helper shares the caller's CPU."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,10 +70,11 @@ def assert_identical(a, b):
 
 @pytest.fixture
 def restore_policy():
-    backend, spin = _core.parallel_backend(), _core.pool_spin_us()
+    backend, spin, solo = _core.parallel_backend(), _core.pool_spin_us(), _core.pool_solo_ms()
     yield
     _core.set_parallel_backend(backend)
     _core.set_pool_spin_us(spin)
+    _core.set_pool_solo_ms(solo)
 
 
 @pytest.mark.parametrize("nt", [2, 3])
@@ -148,3 +154,49 @@ def test_bad_policy_values_raise(restore_policy):
         _core.set_parallel_backend("tbb")
     with pytest.raises(ValueError, match="spin_us"):
         _core.set_pool_spin_us(-1)
+    with pytest.raises(ValueError, match="solo_ms"):
+        _core.set_pool_solo_ms(-5)
+
+
+def test_solo_setting_changes_nothing_but_timing(restore_policy):
+    _core.set_pool_solo_ms(0)
+    assert _core.pool_solo_ms() == 0
+    a = train(2)
+    _core.set_pool_solo_ms(250)
+    assert _core.pool_solo_ms() == 250
+    assert_identical(a, train(2))
+    counts = _core.pool_backoffs()
+    assert set(counts) == {"stalled", "shared_cpu"} and all(v >= 0 for v in counts.values())
+
+
+# A child process confined to one CPU: its pool's helper can only run on the caller's CPU, so the
+# pool must back off to the caller alone ("shared_cpu"), and every result must stay bit-identical.
+_ONE_CPU_CHILD = """
+import os, sys
+import numpy as np
+os.sched_setaffinity(0, {{{cpu}}})
+sys.path.insert(0, {tests!r})
+from seqrec_fast import _core
+import test_parallel as tp
+want = [np.load({ref!r})[k] for k in sorted(np.load({ref!r}).files, key=int)]
+for i in range(400):
+    tp.assert_identical(tp.train(2), want)
+    if _core.pool_backoffs()["shared_cpu"] >= 2:
+        break
+tp.assert_identical(tp.train(2), want)  # during the back-off
+print(_core.pool_backoffs()["shared_cpu"], i)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_pool_backs_off_when_its_helper_shares_the_callers_cpu(tmp_path):
+    want = train(2)
+    ref = tmp_path / "want.npz"
+    np.savez(ref, **{str(i): a for i, a in enumerate(want)})
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    code = _ONE_CPU_CHILD.format(cpu=cpu, tests=str(Path(__file__).parent), ref=str(ref))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "SEQREC_SOLO_MS": "20"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    backoffs, rounds = map(int, out.stdout.split())
+    assert backoffs >= 2, f"no back-off in {rounds + 1} rounds of 2-thread training on one CPU"

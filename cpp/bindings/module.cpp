@@ -1517,6 +1517,23 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
           if (us < 0) throw py::value_error("spin_us must be >= 0, got " + std::to_string(us));
           seqrec::detail::Pool::instance().set_spin_us(us);
         }, py::arg("us"), "Set how long (µs) idle pool threads spin before they sleep.");
+  m.def("pool_solo_ms", []() { return seqrec::detail::Pool::instance().solo_ms(); },
+        "How long (ms) a caller runs its parallel loops alone after a helper thread stalled one "
+        "(it lost its core to another process) (SEQREC_SOLO_MS, default 100; 0: never).");
+  m.def("set_pool_solo_ms", [](long ms) {
+          if (ms < 0) throw py::value_error("solo_ms must be >= 0, got " + std::to_string(ms));
+          seqrec::detail::Pool::instance().set_solo_ms(ms);
+        }, py::arg("ms"), "Set the back-off after a stalled helper (ms; 0 turns it off).");
+  m.def("pool_backoffs", []() {
+          auto& pool = seqrec::detail::Pool::instance();
+          py::dict d;
+          d["stalled"] = pool.stalled_backoffs();
+          d["shared_cpu"] = pool.shared_backoffs();
+          return d;
+        },
+        "How many times the pool backed off to the calling thread alone, by cause: 'stalled' (a "
+        "helper held a chunk while off its core), 'shared_cpu' (the helper kept running on the "
+        "caller's CPU).");
   m.def("pool_workers", []() { return seqrec::detail::Pool::instance().workers(); },
         "Worker threads the pool has started (the calling thread is not counted).");
   m.def("eigen_simd", []() { return std::string(Eigen::SimdInstructionSetsInUse()); },

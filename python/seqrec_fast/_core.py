@@ -14,7 +14,9 @@ from importlib import import_module
 
 # Threads (issue 14). Every kernel's parallel loop runs on the library's own work-claiming pool
 # (cpp/include/seqrec/parallel.h): the calling thread never waits for a thread that has not started,
-# and idle threads spin SEQREC_SPIN_US (default 20) microseconds, then sleep. SEQREC_PARALLEL=openmp
+# and idle threads spin SEQREC_SPIN_US (default 20) microseconds, then sleep. When another process
+# holds a core (a helper stalls a loop, or shares the caller's CPU), the caller runs the loops alone
+# for SEQREC_SOLO_MS (default 100) and then tries its helpers again. SEQREC_PARALLEL=openmp
 # selects OpenMP regions instead; then libgomp must wait passively, or 2 threads beside one busy
 # process train ~20x slower than 1 (measured: docs/results.md). libgomp reads its wait policy once,
 # when it is loaded with the kernel module below, so it is set here, before the import, unless the
