@@ -4,8 +4,9 @@
 // update touches only the given rows of a table: their gradients are already summed (duplicates
 // merged), and untouched rows keep their parameters *and* their optimizer state (as the official
 // IndexedAdagradM and torch's SparseAdam do).
-// Parallel: over elements (dense) or rows (lazy); each element's update is independent, so results
-// do not depend on the thread count.
+// Parallel: over elements (dense) or rows (lazy), or all tensors of a step in one loop
+// (apply_updates); each element's update is independent, so results do not depend on the thread
+// count.
 // Not here: gradient computation, the merging of duplicate rows (train.h).
 #pragma once
 
@@ -77,6 +78,35 @@ void dense_update(const OptConfig& c, Index n, T* p, const T* g, T* s1, T* s2, i
   }, 8192);
 }
 
+namespace detail {
+// Rows [k0, k1) of a lazy row update (see row_update).
+template <class T>
+void row_update_range(const OptConfig& c, Index W, const std::int32_t* rows, Index k0, Index k1,
+                      const T* G, T* p, T* s1, T* s2, T bc1, T bc2) {
+  if (k1 <= k0) return;
+  if (W == 1) {
+    // a bias column: gather, update as one span, scatter
+    std::vector<T> pp(k1 - k0), a1(k1 - k0), a2(s2 ? k1 - k0 : 0);
+    for (Index k = k0; k < k1; ++k) {
+      pp[k - k0] = p[rows[k]];
+      a1[k - k0] = s1[rows[k]];
+      if (s2) a2[k - k0] = s2[rows[k]];
+    }
+    update_span(c, k1 - k0, pp.data(), G + k0, a1.data(), s2 ? a2.data() : nullptr, bc1, bc2);
+    for (Index k = k0; k < k1; ++k) {
+      p[rows[k]] = pp[k - k0];
+      s1[rows[k]] = a1[k - k0];
+      if (s2) s2[rows[k]] = a2[k - k0];
+    }
+    return;
+  }
+  for (Index k = k0; k < k1; ++k) {
+    const Index o = Index(rows[k]) * W;
+    update_span(c, W, p + o, G + k * W, s1 + o, s2 ? s2 + o : nullptr, bc1, bc2);
+  }
+}
+}  // namespace detail
+
 // Lazy update of nr rows of a (rows, W) table.
 //   rows (nr) int32 distinct row indices; G (nr, W) summed gradients; p, s1, s2 (rows, W)
 template <class T>
@@ -85,27 +115,45 @@ void row_update(const OptConfig& c, Index W, const std::int32_t* rows, Index nr,
   T bc1 = 1, bc2 = 1;
   bias_corrections(c, bc1, bc2);
   parallel_for(nr, num_threads, [&](Index k0, Index k1) {
-    if (W == 1) {
-      // a bias column: gather, update as one span, scatter
-      std::vector<T> pp(k1 - k0), a1(k1 - k0), a2(s2 ? k1 - k0 : 0);
-      for (Index k = k0; k < k1; ++k) {
-        pp[k - k0] = p[rows[k]];
-        a1[k - k0] = s1[rows[k]];
-        if (s2) a2[k - k0] = s2[rows[k]];
-      }
-      update_span(c, k1 - k0, pp.data(), G + k0, a1.data(), s2 ? a2.data() : nullptr, bc1, bc2);
-      for (Index k = k0; k < k1; ++k) {
-        p[rows[k]] = pp[k - k0];
-        s1[rows[k]] = a1[k - k0];
-        if (s2) s2[rows[k]] = a2[k - k0];
-      }
-      return;
-    }
-    for (Index k = k0; k < k1; ++k) {
-      const Index o = Index(rows[k]) * W;
-      update_span(c, W, p + o, G + k * W, s1 + o, s2 ? s2 + o : nullptr, bc1, bc2);
-    }
+    detail::row_update_range(c, W, rows, k0, k1, G, p, s1, s2, bc1, bc2);
   }, 16);
+}
+
+// One tensor of a batched update: a dense span (rows == null: n elements of p, g, s1, s2) or a
+// lazy row update (rows != null: n rows of width W, G (n, W) summed gradients).
+template <class T>
+struct UpdateItem {
+  T* p;
+  const T* g;
+  T* s1;
+  T* s2;
+  Index n;
+  Index W = 1;
+  const std::int32_t* rows = nullptr;
+};
+
+// Every update of a training step in one parallel loop (instead of one loop per tensor: ~5 fewer
+// loops per step, each a wait for the slowest thread). Part k of p takes the k-th p-th of every
+// item (elements of a dense span, rows of a row update). Each element's update is independent of
+// the others, so the results are those of dense_update / row_update, for any thread count.
+template <class T>
+void apply_updates(const OptConfig& c, const std::vector<UpdateItem<T>>& items, int num_threads) {
+  T bc1 = 1, bc2 = 1;
+  bias_corrections(c, bc1, bc2);
+  Index work = 0;
+  for (const auto& it : items) work += it.n * it.W;
+  const Index parts = std::max<Index>(1, std::min<Index>(num_threads, (work + 8191) / 8192));
+  parallel_for(parts, num_threads, [&](Index k0, Index k1) {
+    for (const auto& it : items) {
+      const Index a = k0 * it.n / parts, b = k1 * it.n / parts;
+      if (b <= a) continue;
+      if (it.rows) {
+        detail::row_update_range(c, it.W, it.rows, a, b, it.g, it.p, it.s1, it.s2, bc1, bc2);
+      } else {
+        update_span(c, b - a, it.p + a, it.g + a, it.s1 + a, it.s2 ? it.s2 + a : nullptr, bc1, bc2);
+      }
+    }
+  });
 }
 
 }  // namespace seqrec

@@ -204,6 +204,7 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
   const bool feat = m.feat.on();
   std::vector<T> Xf(feat && m.embedding == Embedding::Constrained ? TB * HL : 0),
       Wfull(feat && cfg.full_softmax ? N * HL : 0), dP(feat ? m.feat.Fd * HL : 0), fscratch;
+  std::vector<UpdateItem<T>> updates;
 
   for (Index k = 0; k < ch.K; ++k) {
     const std::int32_t* xk = ch.x + k * TB;
@@ -268,25 +269,33 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
         C = n + S;
         for (Index i = 0; i < n; ++i) { cols[i] = yt[act[i]]; pos[i] = static_cast<std::int32_t>(i); }
         std::copy(ch.neg + (k * Tn + t) * S, ch.neg + (k * Tn + t + 1) * S, cols.data() + n);
-        parallel_for(C, nt, [&](Index j0, Index j1) {
-          for (Index j = j0; j < j1; ++j) {
-            const T* src = m.W_y.p + Index(cols[j]) * HL;
-            std::copy(src, src + HL, O.data() + j * HL);
-            bias[j] = m.b_y.p[cols[j]];
-            if (cfg.logq > 0) {
-              // logQ: support for in-batch columns, support^alpha for sampled ones
-              const T ls = ch.log_support[cols[j]];
-              lq[j] = T(cfg.logq) * (j < n ? ls : T(cfg.sample_alpha) * ls);
-            }
-          }
-        }, 64);
-        if (feat) add_feature_rows(m.feat, cols.data(), C, O.data(), fscratch, nt);
         Op = O.data();
+      }
+      // The sampled columns' rows of W_y, bias and logQ, gathered by the chunk of the score
+      // loop below that uses them (one loop fewer), or here first when item features change
+      // the rows (add_feature_rows is a parallel loop of its own).
+      auto gather_cols = [&](Index j0, Index j1) {
+        for (Index j = j0; j < j1; ++j) {
+          const T* src = m.W_y.p + Index(cols[j]) * HL;
+          std::copy(src, src + HL, O.data() + j * HL);
+          bias[j] = m.b_y.p[cols[j]];
+          if (cfg.logq > 0) {
+            // logQ: support for in-batch columns, support^alpha for sampled ones
+            const T ls = ch.log_support[cols[j]];
+            lq[j] = T(cfg.logq) * (j < n ? ls : T(cfg.sample_alpha) * ls);
+          }
+        }
+      };
+      const bool gather_in_scores = !cfg.full_softmax && !feat;
+      if (!cfg.full_softmax && feat) {
+        parallel_for(C, nt, gather_cols, 64);
+        add_feature_rows(m.feat, cols.data(), C, O.data(), fscratch, nt);
       }
       CMapR<T> OM(Op, C, HL);
       MapR<T> RM(R.data(), n, C);
       // R = Ya·Oᵀ + b (− logQ), split over score columns
       parallel_for(C, nt, [&](Index j0, Index j1) {
+        if (gather_in_scores) gather_cols(j0, j1);
         product(cfg.bf16, RM.middleCols(j0, j1 - j0), YA, OM.middleRows(j0, j1 - j0).transpose());
         for (Index i = 0; i < n; ++i) {
           T* r = R.data() + i * C;
@@ -306,31 +315,37 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
       });
       for (Index i = 0; i < n; ++i) wloss += double(rowloss[i]) * double(inv_batch);
       CMapR<T> DR(dR.data(), n, C);
-      // dYa = dR·O (split over hidden columns), dO = dRᵀ·Ya (split over score columns)
-      parallel_for(HL, nt, [&](Index c0, Index c1) {
-        product(cfg.bf16, MapR<T>(dYa.data(), n, HL).middleCols(c0, c1 - c0), DR,
-                OM.middleCols(c0, c1 - c0));
-      }, 16);
-      if (cfg.full_softmax) {
-        parallel_for(N, nt, [&](Index j0, Index j1) {
-          product(cfg.bf16, MapR<T>(gWy_full.data(), N, HL).middleRows(j0, j1 - j0),
-                  DR.middleCols(j0, j1 - j0).transpose(), YA, true);
+      // dYa = dR·O and dO = dRᵀ·Ya (the same flops) in one loop: its 2·nt tasks are nt pieces
+      // of dYa's hidden columns, then nt pieces of dO's score columns; a chunk runs its
+      // consecutive pieces of one product as one product (at 2 threads: one thread each).
+      const Index q = nt;
+      parallel_for(2 * q, nt, [&](Index u0, Index u1) {
+        if (u0 < q) {  // dYa, hidden columns of pieces [u0, min(u1, q))
+          const Index c0 = u0 * HL / q, c1 = std::min(u1, q) * HL / q;
+          if (c1 > c0) {
+            product(cfg.bf16, MapR<T>(dYa.data(), n, HL).middleCols(c0, c1 - c0), DR,
+                    OM.middleCols(c0, c1 - c0));
+          }
+        }
+        if (u1 > q) {  // dO (or the full-softmax W_y gradient), score columns
+          const Index j0 = (std::max(u0, q) - q) * C / q, j1 = (u1 - q) * C / q;
+          if (j1 <= j0) return;
+          if (cfg.full_softmax) {
+            product(cfg.bf16, MapR<T>(gWy_full.data(), N, HL).middleRows(j0, j1 - j0),
+                    DR.middleCols(j0, j1 - j0).transpose(), YA, true);
+          } else {
+            product(cfg.bf16, MapR<T>(dO.data(), C, HL).middleRows(j0, j1 - j0),
+                    DR.middleCols(j0, j1 - j0).transpose(), YA);
+          }
           for (Index j = j0; j < j1; ++j) {
             T s = 0;
             for (Index i = 0; i < n; ++i) s += dR[i * C + j];
-            gby_full[j] += s;
+            if (cfg.full_softmax) gby_full[j] += s;
+            else sc1[j] = s;  // column sums = bias gradients
           }
-        }, 64);
-      } else {
-        parallel_for(C, nt, [&](Index j0, Index j1) {
-          product(cfg.bf16, MapR<T>(dO.data(), C, HL).middleRows(j0, j1 - j0),
-                  DR.middleCols(j0, j1 - j0).transpose(), YA);
-          for (Index j = j0; j < j1; ++j) {
-            T s = 0;
-            for (Index i = 0; i < n; ++i) s += dR[i * C + j];
-            sc1[j] = s;  // column sums = bias gradients
-          }
-        }, 64);
+        }
+      });
+      if (!cfg.full_softmax) {
         acc_y.assign(cols.data(), C, slots);
         acc_y.add(slots, dO.data(), HL, nullptr, 0, nt);
         acc_by.assign(cols.data(), C, slots);
@@ -388,39 +403,39 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
       acc_y.assign(xk, TB, slots);
       acc_y.add(slots, dX0.data(), I0, ch.drop_embed ? ch.drop_embed + k * TB * I0 : nullptr, I0, nt);
     }
-    // 6. optimizer updates
+    // 6. optimizer updates: every tensor's in one parallel loop (apply_updates)
     OptConfig oc = cfg.opt;
     oc.step = cfg.opt.step + res.updates;
-    for (Index l = 0; l < L; ++l) {
-      if (!(onehot && l == 0)) {
-        const auto& P = m.W_x[l];
-        dense_update(oc, P.rows * P.cols, P.p, dWx[l].data(), P.s1, P.s2, nt);
-      }
-      dense_update(oc, m.W_h[l].rows * m.W_h[l].cols, m.W_h[l].p, dWh[l].data(), m.W_h[l].s1,
-                   m.W_h[l].s2, nt);
-      dense_update(oc, m.b[l].rows * m.b[l].cols, m.b[l].p, db[l].data(), m.b[l].s1, m.b[l].s2, nt);
-    }
     if (feat) {  // dP = F[rows]ᵀ·(summed gradients of the effective rows touched in the window)
       if (cfg.full_softmax) feature_grad(m.feat, nullptr, N, gWy_full.data(), dP.data(), fscratch, nt);
       else feature_grad(m.feat, acc_y.rows(), acc_y.size(), acc_y.grads(), dP.data(), fscratch, nt);
-      dense_update(oc, m.feat.Fd * HL, m.P.p, dP.data(), m.P.s1, m.P.s2, nt);
     }
+    updates.clear();
+    auto dense = [&](const Param<T>& P, const T* g, Index n) {
+      updates.push_back({P.p, g, P.s1, P.s2, n});
+    };
+    auto lazy = [&](const Param<T>& P, const RowAccum<T>& acc) {
+      updates.push_back({P.p, acc.grads(), P.s1, P.s2, acc.size(), acc.width(), acc.rows()});
+    };
+    for (Index l = 0; l < L; ++l) {
+      if (!(onehot && l == 0)) dense(m.W_x[l], dWx[l].data(), m.W_x[l].rows * m.W_x[l].cols);
+      dense(m.W_h[l], dWh[l].data(), m.W_h[l].rows * m.W_h[l].cols);
+      dense(m.b[l], db[l].data(), m.b[l].rows * m.b[l].cols);
+    }
+    if (feat) dense(m.P, dP.data(), m.feat.Fd * HL);
     if (cfg.full_softmax) {
-      dense_update(oc, N * HL, m.W_y.p, gWy_full.data(), m.W_y.s1, m.W_y.s2, nt);
-      dense_update(oc, N, m.b_y.p, gby_full.data(), m.b_y.s1, m.b_y.s2, nt);
+      dense(m.W_y, gWy_full.data(), N * HL);
+      dense(m.b_y, gby_full.data(), N);
+    } else {
+      lazy(m.W_y, acc_y);
+      lazy(m.b_y, acc_by);
+    }
+    if (onehot) lazy(m.W_x[0], acc_in);
+    else if (m.embedding == Embedding::Separate) lazy(m.E_in, acc_in);
+    apply_updates(oc, updates, nt);
+    if (cfg.full_softmax) {
       std::fill(gWy_full.begin(), gWy_full.end(), T(0));
       std::fill(gby_full.begin(), gby_full.end(), T(0));
-    } else {
-      row_update(oc, HL, acc_y.rows(), acc_y.size(), acc_y.grads(), m.W_y.p, m.W_y.s1, m.W_y.s2, nt);
-      row_update(oc, Index(1), acc_by.rows(), acc_by.size(), acc_by.grads(), m.b_y.p, m.b_y.s1,
-                 m.b_y.s2, nt);
-    }
-    if (onehot) {
-      const auto& P = m.W_x[0];
-      row_update(oc, P.cols, acc_in.rows(), acc_in.size(), acc_in.grads(), P.p, P.s1, P.s2, nt);
-    } else if (m.embedding == Embedding::Separate) {
-      row_update(oc, I0, acc_in.rows(), acc_in.size(), acc_in.grads(), m.E_in.p, m.E_in.s1,
-                 m.E_in.s2, nt);
     }
     acc_y.clear();
     acc_by.clear();
