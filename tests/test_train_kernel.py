@@ -116,6 +116,20 @@ def test_train_chunk_matches_reference(cell, loss, embedding, optimizer, bptt):
     compare(out, np.float64)
 
 
+@pytest.mark.parametrize("cell,embedding,optimizer,nt", [
+    ("gru", "separate", "adagrad", 2), ("gru", "onehot", "adam", 3), ("lstm", "constrained", "adam", 2),
+    ("rnn", "separate", "adagrad", 1)])
+def test_fused_layer_update_over_many_column_blocks_matches_reference(cell, embedding, optimizer, nt):
+    # Wide layers: backward applies the optimizer update of W_x, W_h and b block by block of
+    # gradient columns (sequence.h WeightUpdate; ~128 KiB per block, cut at the GRU's 2H), so
+    # here every matrix spans many blocks, a thread's columns start mid-block, and a GRU block
+    # crosses the candidate boundary.
+    rng = np.random.default_rng(7)
+    config = dict(BASE, loss="cross-entropy", optimizer=optimizer, logq=0.5, step=2)
+    out = run_both(cell, embedding, (300, 140), config, rng, K=2, T=2, dropout=True, nt=nt)
+    compare(out, np.float64)
+
+
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max", "top1-max"])
 def test_train_chunk_float32_matches_reference(cell, loss):

@@ -10,7 +10,8 @@
 // and hands back the pre-activation gradient dA instead.
 // Parallel: over batch rows, one parallel region per time step (rows are independent within a step);
 // the weight gradients are then one product over all T·B rows, parallel over output columns, so no
-// thread-local partial sums are needed and results are deterministic for a given thread count.
+// thread-local partial sums are needed and results are deterministic for a given thread count. In
+// training the optimizer update of W_x, W_h and b runs inside that same loop (WeightUpdate).
 // Not here: losses and the output layer (train.h); allocation of outputs (the caller owns memory).
 #pragma once
 
@@ -20,6 +21,7 @@
 #include "gemm.h"
 #include "gru.h"
 #include "lstm.h"
+#include "optim.h"
 #include "parallel.h"
 #include "rnn.h"
 #include "types.h"
@@ -98,6 +100,24 @@ void layer_forward(Index Tn, Index B, const LayerParams<T>& p, const T* X, const
   }
 }
 
+// The optimizer update of a layer's W_x, W_h and b, fused into backward's weight-gradient loop
+// (training, train.h): each block of gradient columns is applied to the parameters while it is in
+// cache, so no (I + H, G·H) gradient matrix goes to memory and back (at H = 480 the dense update was
+// ~23% of a step, memory-bound). Each element's update is the one optim.h's dense_update makes.
+template <class T>
+struct WeightUpdate {
+  OptConfig oc;  // with the step count of this update
+  T* Wx;         // (I, GH) with its state; null: W_x is not updated here (one-hot input)
+  T* Wx_s1;
+  T* Wx_s2;
+  T* Wh;         // (H, GH)
+  T* Wh_s1;
+  T* Wh_s2;
+  T* b;          // (GH)
+  T* b_s1;
+  T* b_s2;
+};
+
 // Backward over T steps of one layer (truncated BPTT inside the window).
 //   dOut      (T, B, H)  gradient reaching each step's (dropped-out) output from above
 //   carry_h   (B, H)     in: gradient of the last state (dh_last); out: gradient of h0 (dh0)
@@ -109,11 +129,14 @@ void layer_forward(Index Tn, Index B, const LayerParams<T>& p, const T* X, const
 //   dA_out    (T, B, GH) out: pre-activation gradients, or null (then kept internally)
 //   want_dh0  false: carry_h (and carry_c) come back zero instead of dh0 (training discards them: the carried
 //             state is a value), which skips the step-0 hidden product
+//   upd       non-null: W_x, W_h and b are updated in place by the optimizer instead (dW_x and dW_h
+//             are then not written and may be null; db still receives the bias gradient)
 template <Cell K, class T>
 void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
                     const std::int32_t* x_idx, const std::uint8_t* reset, const T* drop,
                     const LayerCache<const T>& cache, const T* dOut, T* carry_h, T* carry_c, T* dX,
-                    T* dW_x, T* dW_h, T* db, T* dA_out, int num_threads, bool want_dh0 = true) {
+                    T* dW_x, T* dW_h, T* db, T* dA_out, int num_threads, bool want_dh0 = true,
+                    const WeightUpdate<T>* upd = nullptr) {
   constexpr int G = gate_count(K);
   const Index H = p.H, I = p.I, GH = G * H, TB = Tn * B;
   CMapR<T> Wx(p.W_x, I, GH);
@@ -162,8 +185,57 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
   // Weight gradients over all T·B rows at once, split over output columns.
   CMapR<T> DA(dA, TB, GH);
   CMapR<T> Hin(cache.h_in, TB, H);
-  MapR<T> DWh(dW_h, H, GH);
+  MapR<T> DWh(dW_h, upd ? 0 : H, GH);
   VecMap<T> DB(db, GH);
+  if (upd) {
+    T bc1 = 1, bc2 = 1;
+    bias_corrections(upd->oc, bc1, bc2);
+    // Column blocks of ~128 KiB of gradient per matrix (a multiple of 16 columns), cut at 2H for
+    // the GRU's candidate block (its W_h gradient takes r⊙h, not h).
+    const Index widest = std::max<Index>(std::max<Index>(I, H), 1);
+    const Index wb = std::max<Index>(16, (Index(128 * 1024 / sizeof(T)) / widest) / 16 * 16);
+    CMapR<T> RH(rh.data(), K == Cell::GRU ? TB : 0, H);
+    parallel_for(
+        GH, num_threads,
+        [&](Index c0, Index c1) {
+          for (Index c = c0; c < c1; ++c) DB[c] = T(0);
+          for (Index r = 0; r < TB; ++r) {
+            const T* row = dA + r * GH;
+            for (Index c = c0; c < c1; ++c) DB[c] += row[c];
+          }
+          update_span(upd->oc, c1 - c0, upd->b + c0, db + c0, upd->b_s1 + c0,
+                      upd->b_s2 ? upd->b_s2 + c0 : nullptr, bc1, bc2);
+          thread_local std::vector<T> g;
+          g.resize(static_cast<size_t>(widest * wb));
+          for (Index a = c0; a < c1;) {
+            Index e = std::min(c1, a + wb);
+            if (K == Cell::GRU && a < 2 * H && e > 2 * H) e = 2 * H;
+            const Index nb = e - a;
+            MapR<T> Gb(g.data(), widest, nb);
+            if (upd->Wx && !x_idx) {
+              product(p.bf16, Gb.topRows(I), CMapR<T>(X, TB, I).transpose(), DA.middleCols(a, nb));
+              for (Index i = 0; i < I; ++i) {
+                const Index o = i * GH + a;
+                update_span(upd->oc, nb, upd->Wx + o, g.data() + i * nb, upd->Wx_s1 + o,
+                            upd->Wx_s2 ? upd->Wx_s2 + o : nullptr, bc1, bc2);
+              }
+            }
+            if (K == Cell::GRU && a >= 2 * H) {
+              product(p.bf16, Gb.topRows(H), RH.transpose(), DA.middleCols(a, nb));
+            } else {
+              product(p.bf16, Gb.topRows(H), Hin.transpose(), DA.middleCols(a, nb));
+            }
+            for (Index i = 0; i < H; ++i) {
+              const Index o = i * GH + a;
+              update_span(upd->oc, nb, upd->Wh + o, g.data() + i * nb, upd->Wh_s1 + o,
+                          upd->Wh_s2 ? upd->Wh_s2 + o : nullptr, bc1, bc2);
+            }
+            a = e;
+          }
+        },
+        8);
+    return;
+  }
   parallel_for(
       GH, num_threads,
       [&](Index c0, Index c1) {

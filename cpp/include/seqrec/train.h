@@ -177,7 +177,7 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
   // Buffers reused by every window.
   std::vector<T> X0(onehot ? 0 : TB * I0), dX0(onehot ? 0 : TB * I0);
   std::vector<std::vector<T>> h_in(L), h_out(L), gates(L), c_in(L), c_out(L), dIn(L);
-  std::vector<std::vector<T>> dWx(L), dWh(L), db(L);
+  std::vector<std::vector<T>> db(L);
   std::vector<T> dA0(onehot ? TB * G * m.H[0] : 0);
   for (Index l = 0; l < L; ++l) {
     const Index H = m.H[l];
@@ -186,8 +186,6 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
     gates[l].resize(TB * G * H);
     if (KC == Cell::LSTM) { c_in[l].resize(TB * H); c_out[l].resize(TB * H); }
     if (l > 0) dIn[l].resize(TB * m.H[l - 1]);
-    if (!(onehot && l == 0)) dWx[l].resize(m.W_x[l].rows * m.W_x[l].cols);
-    dWh[l].resize(H * G * H);
     db[l].resize(G * H);
   }
   std::vector<T> dYtop(TB * HL), carry, carry_c;
@@ -364,7 +362,10 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
     }
     losses[k] = wloss;
     counts[k] = wcount;
-    // 4. truncated BPTT through the stack (no gradient into the carried state: carry starts at 0)
+    // 4. truncated BPTT through the stack (no gradient into the carried state: carry starts at 0),
+    // with the optimizer update of each layer's W_x, W_h and b (the other tensors: step 6)
+    OptConfig oc = cfg.opt;
+    oc.step = cfg.opt.step + res.updates;
     const T* dOut = dYtop.data();
     for (Index l = L - 1; l >= 0; --l) {
       const Index H = m.H[l];
@@ -378,10 +379,15 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
       T* dIn_ptr = l == 0 ? (onehot ? nullptr : dX0.data()) : dIn[l].data();
       const T* dmask = ch.drop_hidden[l] ? ch.drop_hidden[l] + k * TB * H : nullptr;
       const bool idx_in = onehot && l == 0;
+      // W_x, W_h and b are updated inside backward's weight-gradient loop (WeightUpdate)
+      WeightUpdate<T> wu{oc,
+                         idx_in ? nullptr : m.W_x[l].p, m.W_x[l].s1, m.W_x[l].s2,
+                         m.W_h[l].p, m.W_h[l].s1, m.W_h[l].s2,
+                         m.b[l].p, m.b[l].s1, m.b[l].s2};
       layer_backward<KC, T>(Tn, B, lp, in, idx_in ? xk : nullptr, rk, dmask, lc, dOut, carry.data(),
-                            KC == Cell::LSTM ? carry_c.data() : nullptr, dIn_ptr,
-                            idx_in ? nullptr : dWx[l].data(), dWh[l].data(), db[l].data(),
-                            idx_in ? dA0.data() : nullptr, nt, /*want_dh0=*/false);
+                            KC == Cell::LSTM ? carry_c.data() : nullptr, dIn_ptr, nullptr, nullptr,
+                            db[l].data(), idx_in ? dA0.data() : nullptr, nt, /*want_dh0=*/false,
+                            &wu);
       if (l > 0) dOut = dIn[l].data();
     }
     // 5. input-embedding gradients into their table rows
@@ -403,9 +409,7 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
       acc_y.assign(xk, TB, slots);
       acc_y.add(slots, dX0.data(), I0, ch.drop_embed ? ch.drop_embed + k * TB * I0 : nullptr, I0, nt);
     }
-    // 6. optimizer updates: every tensor's in one parallel loop (apply_updates)
-    OptConfig oc = cfg.opt;
-    oc.step = cfg.opt.step + res.updates;
+    // 6. optimizer updates of the other tensors, in one parallel loop (apply_updates)
     if (feat) {  // dP = F[rows]ᵀ·(summed gradients of the effective rows touched in the window)
       if (cfg.full_softmax) feature_grad(m.feat, nullptr, N, gWy_full.data(), dP.data(), fscratch, nt);
       else feature_grad(m.feat, acc_y.rows(), acc_y.size(), acc_y.grads(), dP.data(), fscratch, nt);
@@ -417,11 +421,6 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
     auto lazy = [&](const Param<T>& P, const RowAccum<T>& acc) {
       updates.push_back({P.p, acc.grads(), P.s1, P.s2, acc.size(), acc.width(), acc.rows()});
     };
-    for (Index l = 0; l < L; ++l) {
-      if (!(onehot && l == 0)) dense(m.W_x[l], dWx[l].data(), m.W_x[l].rows * m.W_x[l].cols);
-      dense(m.W_h[l], dWh[l].data(), m.W_h[l].rows * m.W_h[l].cols);
-      dense(m.b[l], db[l].data(), m.b[l].rows * m.b[l].cols);
-    }
     if (feat) dense(m.P, dP.data(), m.feat.Fd * HL);
     if (cfg.full_softmax) {
       dense(m.W_y, gWy_full.data(), N * HL);
