@@ -87,6 +87,22 @@ def test_gemm_bf16_matches_reference(trans_a, trans_b, M, K, N):
 
 
 @needs_bf16
+@pytest.mark.parametrize("M,K,N", [(13, 37, 101), (50, 300, 17), (16, 32, 48), (33, 63, 97)])
+def test_gemm_bf16_layouts_give_identical_results(M, K, N):
+    # A transposed operand is packed by another route (converted along its contiguous index, then
+    # transposed 16x16 in registers): the packed pairs, and so every result bit, must be the same.
+    rng = np.random.default_rng(K)
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    B = rng.standard_normal((K, N)).astype(np.float32)
+    want = _core.gemm_bf16(A, B, False, False)
+    for ta in (False, True):
+        for tb in (False, True):
+            a = np.ascontiguousarray(A.T) if ta else A
+            b = np.ascontiguousarray(B.T) if tb else B
+            np.testing.assert_array_equal(_core.gemm_bf16(a, b, ta, tb), want)
+
+
+@needs_bf16
 def test_gemm_bf16_rejects_bad_input():
     A = np.ones((3, 4), np.float32)
     with pytest.raises(ValueError, match=r"argument 'B' has shape \(5, 2\); expected \(K, N\)"):

@@ -5,7 +5,8 @@
 // this CPU can run it.
 // How: op(A) (M, K) is converted to bfloat16 pairs (k, k+1) per row; op(B) (K, N) is converted
 // panel by panel (48 columns) into (K/2, 48) pairs; an 8×48 register tile accumulates with one
-// vdpbf16ps per 16 columns and k-pair. Every output element sums its k-pairs in increasing order,
+// vdpbf16ps per 16 columns and k-pair. Transposed operands are converted along their contiguous
+// index and transposed into the pair layout 16×16 at a time in registers (transpose_u32). Every output element sums its k-pairs in increasing order,
 // whatever M, N and the caller's split: results are bit-identical run to run and do not depend on
 // the thread count.
 // Not here: float32/float64 products (Eigen, at the call sites: on AVX-512 Eigen's GEBP reaches
@@ -115,14 +116,55 @@ SEQREC_BF16_TARGET inline void pack_pairs_cols(const FView& V, Index j0, Index n
   }
 }
 
+// dst[c * dld + r] = src[r * sld + c] for r < rows, c < cols: 16×16 blocks transposed in registers
+// (unpack 32-bit, unpack 64-bit, two rounds of 128-bit lane shuffles), scalar at the edges.
+SEQREC_BF16_TARGET inline void transpose_u32(const std::uint32_t* src, Index sld, Index rows, Index cols,
+                                             std::uint32_t* dst, Index dld) {
+  Index r0 = 0;
+  for (; r0 + 16 <= rows; r0 += 16) {
+    Index c0 = 0;
+    for (; c0 + 16 <= cols; c0 += 16) {
+      __m512i r[16], t[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(src + (r0 + i) * sld + c0);
+      for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+      }
+      for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+      }
+      for (int i = 0; i < 4; ++i) {
+        t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+      }
+      for (int i = 0; i < 8; ++i) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+      }
+      for (int i = 0; i < 16; ++i) _mm512_storeu_si512(dst + (c0 + i) * dld + r0, r[i]);
+    }
+    for (; c0 < cols; ++c0)
+      for (Index i = 0; i < 16; ++i) dst[c0 * dld + r0 + i] = src[(r0 + i) * sld + c0];
+  }
+  for (; r0 < rows; ++r0)
+    for (Index c = 0; c < cols; ++c) dst[c * dld + r0] = src[r0 * sld + c];
+}
+
 // out[kp * ld + j] as pack_pairs_cols, for V whose first index is contiguous (V.rs == 1): each of
-// the n columns is converted along k, 16 at a time, and placed with strided stores.
+// the n columns is converted along k, 16 at a time, into a row of a staging block, which is then
+// transposed into place (transpose_u32).
 SEQREC_BF16_TARGET inline void pack_pairs_rows(const FView& V, Index j0, Index n, std::uint32_t* out,
-                                               Index ld, std::vector<std::uint32_t>& tmp) {
+                                               Index ld, std::vector<std::uint32_t>& stage) {
   const Index K = V.rows, K2 = (K + 1) / 2;
-  tmp.resize(static_cast<size_t>(K2 + 16));
+  stage.resize(static_cast<size_t>(n * K2 + 16));
   for (Index j = 0; j < n; ++j) {
     const float* col = V.p + (j0 + j) * V.cs;  // V(k, j0 + j) = col[k]
+    std::uint32_t* row = stage.data() + j * K2;
     Index kp = 0;
     // 32 consecutive floats -> 16 pairs
     const __m512i idx_lo = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
@@ -130,11 +172,11 @@ SEQREC_BF16_TARGET inline void pack_pairs_rows(const FView& V, Index j0, Index n
     for (; 2 * kp + 32 <= K; kp += 16) {
       const __m512 a = _mm512_loadu_ps(col + 2 * kp), b = _mm512_loadu_ps(col + 2 * kp + 16);
       const __m512 lo = _mm512_permutex2var_ps(a, idx_lo, b), hi = _mm512_permutex2var_ps(a, idx_hi, b);
-      _mm512_storeu_si512(tmp.data() + kp, pair16(lo, hi));
+      _mm512_storeu_si512(row + kp, pair16(lo, hi));
     }
-    for (; kp < K2; ++kp) tmp[kp] = pair1(col[2 * kp], 2 * kp + 1 < K ? col[2 * kp + 1] : 0.f);
-    for (kp = 0; kp < K2; ++kp) out[kp * ld + j] = tmp[kp];
+    for (; kp < K2; ++kp) row[kp] = pair1(col[2 * kp], 2 * kp + 1 < K ? col[2 * kp + 1] : 0.f);
   }
+  transpose_u32(stage.data(), K2, n, K2, out, ld);
 }
 
 // C tile (mr ≤ 8, nr ≤ 48) (+)= A pairs a[r * sa + kp] (r < 8, zero rows past mr) · B panel
@@ -209,8 +251,7 @@ SEQREC_BF16_TARGET inline void gemm_bf16_impl(const FView& A, const FView& B, fl
     tmp.resize(static_cast<size_t>(K2 * M));
     const FView At{A.p, A.cols, A.rows, A.cs, A.rs};  // (K, M), At.cs == 1
     pack_pairs_cols(At, 0, M, tmp.data(), M);
-    for (Index i = 0; i < M; ++i)
-      for (Index kp = 0; kp < K2; ++kp) ap[i * K2 + kp] = tmp[kp * M + i];
+    transpose_u32(tmp.data(), M, K2, M, ap.data(), K2);
   }
   bp.resize(static_cast<size_t>(K2 * kNR));
   for (Index j0 = 0; j0 < N; j0 += kNR) {
