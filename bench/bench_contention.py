@@ -17,6 +17,9 @@ Cases:
 - ``serving``: ``Recommender.recommend(session, item, k=20)`` single events, N items (a single request
   splits the catalogue across the threads). Events/s (1 / median latency).
 
+The pool's back-offs (the caller running a loop's chunks alone after a helper stalled or shared its
+CPU; ``_core.pool_backoffs()``) are counted per row.
+
 Validation before anything is timed, and again for every busy run: at a given thread count the result
 beside the competitor is bit-identical to the quiet one (parameters after training; metrics and rank
 counts of the evaluation; items and scores of the recommendations) -- the thread pool's chunks are
@@ -167,6 +170,8 @@ def _same(a, b) -> bool:
 # the measurement
 # ---------------------------------------------------------------------------------------------------
 def measure(cases=CASES, quick: bool = False, repeats: int = 3, threads=THREADS) -> list[dict]:
+    from seqrec_fast import _core
+
     rows = []
     for name in cases:
         run, unit, sizes = BUILDERS[name](quick)
@@ -175,11 +180,15 @@ def measure(cases=CASES, quick: bool = False, repeats: int = 3, threads=THREADS)
             run(nt)
             ref[nt] = run(nt)[2]
         rates: dict = {}
+        backoffs: dict = {}
         for _ in range(repeats):
             for mode in MODES:
                 with _mode(mode):
                     for nt in threads:
+                        b0 = sum(_core.pool_backoffs().values())
                         units, secs, result = run(nt)
+                        backoffs[(mode, nt)] = (backoffs.get((mode, nt), 0)
+                                                + sum(_core.pool_backoffs().values()) - b0)
                         if not _same(result, ref[nt]):
                             raise AssertionError(f"{name}: {nt}-thread result {mode} differs from the "
                                                  "quiet run (must be bit-identical)")
@@ -192,6 +201,7 @@ def measure(cases=CASES, quick: bool = False, repeats: int = 3, threads=THREADS)
                 rows.append({"case": name, "mode": mode, "threads": nt, "unit": unit,
                              "median": med, "min": xs[0], "max": xs[-1], "repeats": len(xs),
                              "ratio_vs_1": med / base, "sizes": sizes, "samples": xs,
+                             "pool_backoffs": backoffs[(mode, nt)],
                              "validated": "bit-identical to the quiet run at the same thread count"})
         print(f"  {name}: done", file=sys.stderr)
     return rows
@@ -205,8 +215,8 @@ def table(rows: list[dict]) -> str:
             f"{_core.parallel_backend()}, spin {_core.pool_spin_us()} us; load average "
             f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     lines = [head, "",
-             "| case | machine | 1 thread | 2 threads | 2t / 1t |",
-             "|---|---|---:|---:|---:|"]
+             "| case | machine | 1 thread | 2 threads | 2t / 1t | pool back-offs (2t, all repeats) |",
+             "|---|---|---:|---:|---:|---:|"]
     by = {(r["case"], r["mode"], r["threads"]): r for r in rows}
     for case in dict.fromkeys(r["case"] for r in rows):
         for mode in MODES:
@@ -215,7 +225,7 @@ def table(rows: list[dict]) -> str:
                 continue
             label = "quiet" if mode == "quiet" else "beside 1 busy process"
             lines.append(f"| {case} ({r1['unit']}) | {label} | {r1['median']:,.0f} | "
-                         f"{r2['median']:,.0f} | {r2['ratio_vs_1']:.2f} |")
+                         f"{r2['median']:,.0f} | {r2['ratio_vs_1']:.2f} | {r2.get('pool_backoffs', 0)} |")
     return "\n".join(lines)
 
 

@@ -595,7 +595,8 @@ def run_contention(bench_dir: Path, quick: bool, threads=(1, 2)) -> list[dict]:
                         {k: v for k, v in r["sizes"].items() if k != "data"}, median=med, p10=p10,
                         p90=p90, unit=r["unit"], higher_is_better=True, repeats=r["repeats"],
                         pinned={"seqrec": r["threads"]}, mode=r["mode"],
-                        ratio_vs_1_thread=r["ratio_vs_1"], validated=r["validated"]))
+                        ratio_vs_1_thread=r["ratio_vs_1"], validated=r["validated"],
+                        pool_backoffs=r.get("pool_backoffs", 0)))
     return out
 
 
