@@ -121,7 +121,7 @@ def test_train_chunk_matches_reference(cell, loss, embedding, optimizer, bptt):
     ("rnn", "separate", "adagrad", 1)])
 def test_fused_layer_update_over_many_column_blocks_matches_reference(cell, embedding, optimizer, nt):
     # Wide layers: backward applies the optimizer update of W_x, W_h and b block by block of
-    # gradient columns (sequence.h WeightUpdate; ~128 KiB per block, cut at the GRU's 2H), so
+    # gradient columns (sequence.h WeightUpdate; ~512 KiB per block, cut at the GRU's 2H), so
     # here every matrix spans many blocks, a thread's columns start mid-block, and a GRU block
     # crosses the candidate boundary.
     rng = np.random.default_rng(7)

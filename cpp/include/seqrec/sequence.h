@@ -190,10 +190,11 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
   if (upd) {
     T bc1 = 1, bc2 = 1;
     bias_corrections(upd->oc, bc1, bc2);
-    // Column blocks of ~128 KiB of gradient per matrix (a multiple of 16 columns), cut at 2H for
-    // the GRU's candidate block (its W_h gradient takes r⊙h, not h).
+    // Column blocks of ~512 KiB of gradient per matrix, a multiple of 16 columns (a block stays in a
+    // 1 MiB L2; 128 KiB blocks were 8% slower at H = 480, as X and h are packed again for every
+    // block), cut at 2H for the GRU's candidate block (its W_h gradient takes r⊙h, not h).
     const Index widest = std::max<Index>(std::max<Index>(I, H), 1);
-    const Index wb = std::max<Index>(16, (Index(128 * 1024 / sizeof(T)) / widest) / 16 * 16);
+    const Index wb = std::max<Index>(16, (Index(512 * 1024 / sizeof(T)) / widest) / 16 * 16);
     CMapR<T> RH(rh.data(), K == Cell::GRU ? TB : 0, H);
     parallel_for(
         GH, num_threads,
