@@ -92,6 +92,32 @@ def test_opt_update_rows_matches_reference(cfg, dtype, W, nt):
     np.testing.assert_array_equal(c[1][other], s1[other])
 
 
+@pytest.mark.parametrize("cfg", OPT_CONFIGS + [{"optimizer": "adagrad", "learning_rate": 0.1}],
+                         ids=lambda c: f"{c['optimizer']}-{c.get('momentum', '')}")
+def test_opt_update_rows_identical_in_every_isa_variant(cfg):
+    # Each variant vectorises the update loop at its own width (SSE2, AVX2, AVX-512, with scalar
+    # tails at different places); only correctly rounded +, -, *, / and sqrt in the same order, no
+    # contraction into fma (-ffp-contract=off), so every variant gives the same bits.
+    if len(_core.AVAILABLE_ISAS) < 2:
+        pytest.skip(f"only one ISA variant usable here: {_core.AVAILABLE_ISAS}")
+    with_s2 = cfg["optimizer"] == "adam" or cfg.get("momentum", 0) > 0
+    outs = {}
+    for isa in _core.AVAILABLE_ISAS:
+        mod = _core.variant(isa)
+        for W in (1, 5, 16, 17, 33, 100):
+            rows, G, p, s1, s2 = _table(np.float32, W=W, seed=W, with_s2=with_s2)
+            c = [x.copy() if x is not None else None for x in (p, s1, s2)]
+            for step in (1, 2, 3):
+                mod.opt_update_rows(cfg, step, rows, G, *c, num_threads=2)
+            outs.setdefault(W, []).append((isa, c))
+    for W, runs in outs.items():
+        (isa0, c0), *rest = runs
+        for isa, c in rest:
+            for a, b in zip(c, c0):
+                if a is not None:
+                    np.testing.assert_array_equal(a, b, err_msg=f"W={W}: {isa} vs {isa0}")
+
+
 def test_opt_update_rows_adagrad_without_s2():
     cfg = {"optimizer": "adagrad", "learning_rate": 0.1}
     rows, G, p, s1, _ = _table(np.float64, with_s2=False)
