@@ -207,14 +207,15 @@ class Pool {
     // jobs whose helpers ran on the caller's CPU, since a helper last ran on another one
     if (helper_other_cpu_.load(std::memory_order_relaxed)) shared_streak_ = 0;
     else if (helper_same_cpu_.load(std::memory_order_relaxed)) ++shared_streak_;
-    if (solo_ns_ > 0 && (stalled || shared_streak_ >= kSharedJobs)) {
+    const long long solo_ns = solo_ns_.load(std::memory_order_relaxed);
+    if (solo_ns > 0 && (stalled || shared_streak_ >= kSharedJobs)) {
       (stalled ? stalled_backoffs_ : shared_backoffs_).fetch_add(1, std::memory_order_relaxed);
       shared_streak_ = 0;
       // Stalled again soon after the last back-off ended: the other process is still there, so
       // back off for twice as long (up to 4x); otherwise start again from solo_ms.
       const long long now = now_ns();
-      solo_cur_ns_ = (now - solo_until_ns_ < solo_cur_ns_) ? std::min(2 * solo_cur_ns_, 4 * solo_ns_)
-                                                           : solo_ns_;
+      solo_cur_ns_ = (now - solo_until_ns_ < solo_cur_ns_) ? std::min(2 * solo_cur_ns_, 4 * solo_ns)
+                                                           : solo_ns;
       solo_until_ns_ = now + solo_cur_ns_;
     }
     lock.unlock();
@@ -224,11 +225,13 @@ class Pool {
 
   // How long (ms) the caller runs alone after a helper stalled a job (SEQREC_SOLO_MS, default
   // 100; 0: never), and how many times that has happened in this process.
-  long solo_ms() const { return static_cast<long>(solo_ns_ / 1000000); }
+  long solo_ms() const {
+    return static_cast<long>(solo_ns_.load(std::memory_order_relaxed) / 1000000);
+  }
   void set_solo_ms(long ms) {
     std::lock_guard<std::mutex> g(mu_);
-    solo_ns_ = std::max(0L, ms) * 1000000LL;
-    solo_cur_ns_ = solo_ns_;
+    solo_ns_.store(std::max(0L, ms) * 1000000LL, std::memory_order_relaxed);
+    solo_cur_ns_ = solo_ns_.load(std::memory_order_relaxed);
     solo_until_ns_ = 0;
   }
   long long stalled_backoffs() const { return stalled_backoffs_.load(std::memory_order_relaxed); }
@@ -255,8 +258,8 @@ class Pool {
 
   Pool() {
     spin_us_.store(env_long("SEQREC_SPIN_US", 20));
-    solo_ns_ = env_long("SEQREC_SOLO_MS", 100) * 1000000LL;
-    solo_cur_ns_ = solo_ns_;
+    solo_ns_.store(env_long("SEQREC_SOLO_MS", 100) * 1000000LL);
+    solo_cur_ns_ = solo_ns_.load();
 #ifdef SEQREC_HAVE_FUTEX
     pthread_atfork(nullptr, nullptr, [] { Pool::instance().forked_.store(true); });
 #endif
@@ -341,7 +344,8 @@ class Pool {
   std::atomic<std::uint64_t> job_{0};
   std::atomic<std::uint32_t> seq_{0}, done_{0}, sleepers_{0}, waiting_{0}, n_workers_{0};
   std::atomic<long> spin_us_{20};
-  long long solo_ns_ = 0, solo_cur_ns_ = 0, solo_until_ns_ = 0;  // guarded by mu_
+  std::atomic<long long> solo_ns_{0};                 // read without the lock by solo_ms()
+  long long solo_cur_ns_ = 0, solo_until_ns_ = 0;  // guarded by mu_
   int shared_streak_ = 0;                       // guarded by mu_
   std::atomic<int> caller_cpu_{-1};
   std::atomic<bool> helper_same_cpu_{false}, helper_other_cpu_{false};
