@@ -156,6 +156,8 @@ def test_bad_policy_values_raise(restore_policy):
         _core.set_pool_spin_us(-1)
     with pytest.raises(ValueError, match="solo_ms"):
         _core.set_pool_solo_ms(-5)
+    with pytest.raises(ValueError, match="solo_ms"):
+        _core.set_pool_solo_ms(10**15)  # would overflow the nanosecond clock arithmetic
 
 
 def test_solo_setting_changes_nothing_but_timing(restore_policy):

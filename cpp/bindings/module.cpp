@@ -1521,7 +1521,10 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
         "How long (ms) a caller runs its parallel loops alone after a helper thread stalled one "
         "(it lost its core to another process) (SEQREC_SOLO_MS, default 100; 0: never).");
   m.def("set_pool_solo_ms", [](long ms) {
-          if (ms < 0) throw py::value_error("solo_ms must be >= 0, got " + std::to_string(ms));
+          if (ms < 0 || ms > 86400000L) {
+            throw py::value_error("solo_ms must be between 0 and 86,400,000 (a day), got " +
+                                  std::to_string(ms));
+          }
           seqrec::detail::Pool::instance().set_solo_ms(ms);
         }, py::arg("ms"), "Set the back-off after a stalled helper (ms; 0 turns it off).");
   m.def("pool_backoffs", []() {

@@ -3,7 +3,7 @@
 // operations the chunk trainer needs: add the feature part to gathered item rows, build the whole
 // effective table (full softmax), and the gradient of P from the summed gradients of the rows of
 // W_y touched in a window (dP = F[rows]ᵀ·G, DESIGN.md §8 "Item features").
-// Not here: the optimizer update of P (optim.h dense_update, called by train.h), the encoding of
+// Not here: the optimizer update of P (optim.h apply_updates, called by train.h), the encoding of
 // raw feature columns (Python), serving (the table W_y + F·P is folded once in Python).
 // Parallel: over gathered rows (add_feature_rows, feature_table) and over the F_dim rows of dP
 // (feature_grad), static chunks, Eigen single-threaded inside.

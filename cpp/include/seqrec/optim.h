@@ -68,16 +68,6 @@ void update_span(const OptConfig& c, Index n, T* __restrict p, const T* __restri
   }
 }
 
-// p, s1 (n); s2 (n) or null (Adagrad without momentum); g (n)
-template <class T>
-void dense_update(const OptConfig& c, Index n, T* p, const T* g, T* s1, T* s2, int num_threads) {
-  T bc1 = 1, bc2 = 1;
-  bias_corrections(c, bc1, bc2);
-  parallel_for(n, num_threads, [&](Index i0, Index i1) {
-    update_span(c, i1 - i0, p + i0, g + i0, s1 + i0, s2 ? s2 + i0 : nullptr, bc1, bc2);
-  }, 8192);
-}
-
 namespace detail {
 // Rows [k0, k1) of a lazy row update (see row_update).
 template <class T>
@@ -135,7 +125,7 @@ struct UpdateItem {
 // Every update of a training step in one parallel loop (instead of one loop per tensor: ~5 fewer
 // loops per step, each a wait for the slowest thread). Part k of p takes the k-th p-th of every
 // item (elements of a dense span, rows of a row update). Each element's update is independent of
-// the others, so the results are those of dense_update / row_update, for any thread count.
+// the others, so the results are those of update_span / row_update, for any thread count.
 template <class T>
 void apply_updates(const OptConfig& c, const std::vector<UpdateItem<T>>& items, int num_threads) {
   T bc1 = 1, bc2 = 1;

@@ -223,8 +223,8 @@ class Pool {
     return true;
   }
 
-  // How long (ms) the caller runs alone after a helper stalled a job (SEQREC_SOLO_MS, default
-  // 100; 0: never), and how many times that has happened in this process.
+  // How long (ms) the caller first runs alone after a back-off (SEQREC_SOLO_MS, default 100; 0:
+  // never back off), and how many back-offs of each cause this process has had.
   long solo_ms() const {
     return static_cast<long>(solo_ns_.load(std::memory_order_relaxed) / 1000000);
   }
@@ -258,7 +258,7 @@ class Pool {
 
   Pool() {
     spin_us_.store(env_long("SEQREC_SPIN_US", 20));
-    solo_ns_.store(env_long("SEQREC_SOLO_MS", 100) * 1000000LL);
+    solo_ns_.store(std::min(env_long("SEQREC_SOLO_MS", 100), 86400000L) * 1000000LL);  // ≤ a day
     solo_cur_ns_ = solo_ns_.load();
 #ifdef SEQREC_HAVE_FUTEX
     pthread_atfork(nullptr, nullptr, [] { Pool::instance().forked_.store(true); });

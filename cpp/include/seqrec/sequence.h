@@ -103,7 +103,7 @@ void layer_forward(Index Tn, Index B, const LayerParams<T>& p, const T* X, const
 // The optimizer update of a layer's W_x, W_h and b, fused into backward's weight-gradient loop
 // (training, train.h): each block of gradient columns is applied to the parameters while it is in
 // cache, so no (I + H, G·H) gradient matrix goes to memory and back (at H = 480 the dense update was
-// ~23% of a step, memory-bound). Each element's update is the one optim.h's dense_update makes.
+// ~23% of a step, memory-bound). Each element's update is optim.h's update_span, as for every other tensor.
 template <class T>
 struct WeightUpdate {
   OptConfig oc;  // with the step count of this update
@@ -187,6 +187,16 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
   CMapR<T> Hin(cache.h_in, TB, H);
   MapR<T> DWh(dW_h, upd ? 0 : H, GH);
   VecMap<T> DB(db, GH);
+  // Bias gradient of columns [c0, c1): column sums of dA. Plain loop: Eigen's vectorised
+  // colwise().sum() peels by alignment, which would make the sum order (and the last bits)
+  // depend on where the buffer was allocated.
+  auto bias_sums = [&](Index c0, Index c1) {
+    for (Index c = c0; c < c1; ++c) DB[c] = T(0);
+    for (Index r = 0; r < TB; ++r) {
+      const T* row = dA + r * GH;
+      for (Index c = c0; c < c1; ++c) DB[c] += row[c];
+    }
+  };
   if (upd) {
     T bc1 = 1, bc2 = 1;
     bias_corrections(upd->oc, bc1, bc2);
@@ -199,15 +209,19 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
     parallel_for(
         GH, num_threads,
         [&](Index c0, Index c1) {
-          for (Index c = c0; c < c1; ++c) DB[c] = T(0);
-          for (Index r = 0; r < TB; ++r) {
-            const T* row = dA + r * GH;
-            for (Index c = c0; c < c1; ++c) DB[c] += row[c];
-          }
+          bias_sums(c0, c1);
           update_span(upd->oc, c1 - c0, upd->b + c0, db + c0, upd->b_s1 + c0,
                       upd->b_s2 ? upd->b_s2 + c0 : nullptr, bc1, bc2);
           thread_local std::vector<T> g;
           g.resize(static_cast<size_t>(widest * wb));
+          // columns [a, a + nb) of the rows of a (rows, GH) parameter from the block's gradient
+          auto apply = [&](Index rows, T* P, T* S1, T* S2, Index a, Index nb) {
+            for (Index i = 0; i < rows; ++i) {
+              const Index o = i * GH + a;
+              update_span(upd->oc, nb, P + o, g.data() + i * nb, S1 + o, S2 ? S2 + o : nullptr,
+                          bc1, bc2);
+            }
+          };
           for (Index a = c0; a < c1;) {
             Index e = std::min(c1, a + wb);
             if (K == Cell::GRU && a < 2 * H && e > 2 * H) e = 2 * H;
@@ -215,22 +229,14 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
             MapR<T> Gb(g.data(), widest, nb);
             if (upd->Wx && !x_idx) {
               product(p.bf16, Gb.topRows(I), CMapR<T>(X, TB, I).transpose(), DA.middleCols(a, nb));
-              for (Index i = 0; i < I; ++i) {
-                const Index o = i * GH + a;
-                update_span(upd->oc, nb, upd->Wx + o, g.data() + i * nb, upd->Wx_s1 + o,
-                            upd->Wx_s2 ? upd->Wx_s2 + o : nullptr, bc1, bc2);
-              }
+              apply(I, upd->Wx, upd->Wx_s1, upd->Wx_s2, a, nb);
             }
             if (K == Cell::GRU && a >= 2 * H) {
               product(p.bf16, Gb.topRows(H), RH.transpose(), DA.middleCols(a, nb));
             } else {
               product(p.bf16, Gb.topRows(H), Hin.transpose(), DA.middleCols(a, nb));
             }
-            for (Index i = 0; i < H; ++i) {
-              const Index o = i * GH + a;
-              update_span(upd->oc, nb, upd->Wh + o, g.data() + i * nb, upd->Wh_s1 + o,
-                          upd->Wh_s2 ? upd->Wh_s2 + o : nullptr, bc1, bc2);
-            }
+            apply(H, upd->Wh, upd->Wh_s1, upd->Wh_s2, a, nb);
             a = e;
           }
         },
@@ -245,13 +251,7 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
           product(p.bf16, MapR<T>(dW_x, I, GH).middleCols(c0, nc), CMapR<T>(X, TB, I).transpose(),
                   DA.middleCols(c0, nc));
         }
-        // Plain loop: Eigen's vectorised colwise().sum() peels by alignment, which would make
-        // the sum order (and the last bits) depend on where the buffer was allocated.
-        for (Index c = c0; c < c1; ++c) DB[c] = T(0);
-        for (Index r = 0; r < TB; ++r) {
-          const T* row = dA + r * GH;
-          for (Index c = c0; c < c1; ++c) DB[c] += row[c];
-        }
+        bias_sums(c0, c1);
         if constexpr (K == Cell::GRU) {
           // columns [0, 2H) take h; the candidate block [2H, 3H) takes r⊙h
           const Index s = std::min(c1, 2 * H);
