@@ -90,10 +90,10 @@ def _mode(mode: str):
 # ---------------------------------------------------------------------------------------------------
 # the cases: each builds its inputs once and returns run(nt) -> (work units, seconds, result)
 # ---------------------------------------------------------------------------------------------------
-def train_case(quick: bool) -> tuple[Callable, str, dict]:
+def train_case(quick: bool, steps: Optional[int] = None) -> tuple[Callable, str, dict]:
     import bench_train as bt
 
-    case = bt.build_case(n_steps=40 if quick else 300)
+    case = bt.build_case(n_steps=steps or (40 if quick else 300))
 
     def run(nt: int):
         state = case.fresh_state()
@@ -107,7 +107,7 @@ def train_case(quick: bool) -> tuple[Callable, str, dict]:
     return run, "events/s", sizes
 
 
-def evaluation_case(quick: bool) -> tuple[Callable, str, dict]:
+def evaluation_case(quick: bool, steps: Optional[int] = None) -> tuple[Callable, str, dict]:
     import bench_evaluate as be
     from seqrec_fast.evaluate import evaluate
 
@@ -126,7 +126,7 @@ def evaluation_case(quick: bool) -> tuple[Callable, str, dict]:
     return run, "predictions/s", {"N": N, "H": be.H, "sessions": n_sessions}
 
 
-def serving_case(quick: bool) -> tuple[Callable, str, dict]:
+def serving_case(quick: bool, steps: Optional[int] = None) -> tuple[Callable, str, dict]:
     from bench_serving_http import build_model
     from seqrec_fast.serving import Recommender
 
@@ -169,12 +169,13 @@ def _same(a, b) -> bool:
 # ---------------------------------------------------------------------------------------------------
 # the measurement
 # ---------------------------------------------------------------------------------------------------
-def measure(cases=CASES, quick: bool = False, repeats: int = 3, threads=THREADS) -> list[dict]:
+def measure(cases=CASES, quick: bool = False, repeats: int = 3, threads=THREADS,
+            steps: Optional[int] = None) -> list[dict]:
     from seqrec_fast import _core
 
     rows = []
     for name in cases:
-        run, unit, sizes = BUILDERS[name](quick)
+        run, unit, sizes = BUILDERS[name](quick, steps)
         ref = {}
         for nt in threads:  # warm-up and the quiet reference result of each thread count
             run(nt)
@@ -234,10 +235,15 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small cases (a smoke test)")
     ap.add_argument("--repeats", type=int, default=None, help="alternating repeats (default 5; quick 2)")
     ap.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    ap.add_argument("--steps", type=int, default=None,
+                    help="training steps per run (default 300, ~0.15 s on 1 thread; quick 40): longer "
+                         "runs weigh the pool's back-off probes as a real epoch does")
     ap.add_argument("--no-record", action="store_true", help="do not append to bench/results/")
     args = ap.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        ap.error("--steps must be >= 1")
     repeats = args.repeats or (2 if args.quick else 5)
-    rows = measure(args.cases, args.quick, repeats)
+    rows = measure(args.cases, args.quick, repeats, steps=args.steps)
     print(table(rows))
     if not args.no_record:
         print(f"records: {write_records('contention', rows)}")

@@ -119,11 +119,12 @@ def test_train_chunk_matches_reference(cell, loss, embedding, optimizer, bptt):
 @pytest.mark.parametrize("cell,embedding,optimizer,nt", [
     ("gru", "separate", "adagrad", 2), ("gru", "onehot", "adam", 3), ("lstm", "constrained", "adam", 2),
     ("rnn", "separate", "adagrad", 1)])
-def test_fused_layer_update_over_many_column_blocks_matches_reference(cell, embedding, optimizer, nt):
+def test_fused_layer_update_over_many_row_blocks_matches_reference(cell, embedding, optimizer, nt):
     # Wide layers: backward applies the optimizer update of W_x, W_h and b block by block of
-    # gradient columns (sequence.h WeightUpdate; ~512 KiB per block, cut at the GRU's 2H), so
-    # here every matrix spans many blocks, a thread's columns start mid-block, and a GRU block
-    # crosses the candidate boundary.
+    # gradient rows (sequence.h WeightUpdate; ~512 KiB per block, W_x's rows then W_h's, the GRU's
+    # candidate columns from r*h), so here every matrix spans many blocks (float64: 72 rows of
+    # 3*300 columns), a thread's rows start mid-block, and the second layer's W_x / W_h boundary
+    # (row 300 of 440) falls inside a thread's rows.
     rng = np.random.default_rng(7)
     config = dict(BASE, loss="cross-entropy", optimizer=optimizer, logq=0.5, step=2)
     out = run_both(cell, embedding, (300, 140), config, rng, K=2, T=2, dropout=True, nt=nt)
