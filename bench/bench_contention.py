@@ -90,7 +90,7 @@ def _mode(mode: str):
 # ---------------------------------------------------------------------------------------------------
 # the cases: each builds its inputs once and returns run(nt) -> (work units, seconds, result)
 # ---------------------------------------------------------------------------------------------------
-def train_case(quick: bool, steps: Optional[int] = None) -> tuple[Callable, str, dict]:
+def train_case(quick: bool, steps: int | None = None) -> tuple[Callable, str, dict]:
     import bench_train as bt
 
     case = bt.build_case(n_steps=steps or (40 if quick else 300))
@@ -107,7 +107,7 @@ def train_case(quick: bool, steps: Optional[int] = None) -> tuple[Callable, str,
     return run, "events/s", sizes
 
 
-def evaluation_case(quick: bool, steps: Optional[int] = None) -> tuple[Callable, str, dict]:
+def evaluation_case(quick: bool, steps: int | None = None) -> tuple[Callable, str, dict]:
     import bench_evaluate as be
     from seqrec_fast.evaluate import evaluate
 
@@ -126,7 +126,7 @@ def evaluation_case(quick: bool, steps: Optional[int] = None) -> tuple[Callable,
     return run, "predictions/s", {"N": N, "H": be.H, "sessions": n_sessions}
 
 
-def serving_case(quick: bool, steps: Optional[int] = None) -> tuple[Callable, str, dict]:
+def serving_case(quick: bool, steps: int | None = None) -> tuple[Callable, str, dict]:
     from bench_serving_http import build_model
     from seqrec_fast.serving import Recommender
 
@@ -170,7 +170,7 @@ def _same(a, b) -> bool:
 # the measurement
 # ---------------------------------------------------------------------------------------------------
 def measure(cases=CASES, quick: bool = False, repeats: int = 3, threads=THREADS,
-            steps: Optional[int] = None) -> list[dict]:
+            steps: int | None = None) -> list[dict]:
     from seqrec_fast import _core
 
     rows = []
