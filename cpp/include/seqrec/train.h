@@ -115,12 +115,12 @@ class RowAccum {
       for (Index e = 0; e < n; ++e) {
         const std::int32_t s = slots[e];
         if (s < s0 || s >= s1) continue;  // also skips −1
-        T* g = G_.data() + Index(s) * W;
-        const T* v = src + e * ld;
+        T* __restrict g = G_.data() + Index(s) * W;
+        const T* __restrict v = src + e * ld;
         const bool first = !written_[s];
         written_[s] = 1;
         if (row_scale) {
-          const T* m = row_scale + e * row_scale_ld;
+          const T* __restrict m = row_scale + e * row_scale_ld;
           if (first) for (Index c = 0; c < W; ++c) g[c] = v[c] * m[c];
           else for (Index c = 0; c < W; ++c) g[c] += v[c] * m[c];
         } else {
@@ -285,6 +285,7 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
         }
       };
       const bool gather_in_scores = !cfg.full_softmax && !feat;
+      const bool sub_logq = !cfg.full_softmax && cfg.logq > 0;
       if (!cfg.full_softmax && feat) {
         parallel_for(C, nt, gather_cols, 64);
         add_feature_rows(m.feat, cols.data(), C, O.data(), fscratch, nt);
@@ -295,11 +296,16 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
       parallel_for(C, nt, [&](Index j0, Index j1) {
         if (gather_in_scores) gather_cols(j0, j1);
         product(cfg.bf16, RM.middleCols(j0, j1 - j0), YA, OM.middleRows(j0, j1 - j0).transpose());
+        // restrict-qualified, the flags hoisted: these loops vectorise (written through R with
+        // cfg's fields tested inside, they did not: 5.8% of a 2-thread RSC15 step, perf)
+        const T* __restrict bj = bias.data();
+        const T* __restrict lj = lq.data();
         for (Index i = 0; i < n; ++i) {
-          T* r = R.data() + i * C;
-          for (Index j = j0; j < j1; ++j) {
-            r[j] += bias[j];
-            if (!cfg.full_softmax && cfg.logq > 0) r[j] -= lq[j];
+          T* __restrict r = R.data() + i * C;
+          if (sub_logq) {
+            for (Index j = j0; j < j1; ++j) r[j] = (r[j] + bj[j]) - lj[j];
+          } else {
+            for (Index j = j0; j < j1; ++j) r[j] += bj[j];
           }
         }
       }, 64);
@@ -335,11 +341,16 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
             product(cfg.bf16, MapR<T>(dO.data(), C, HL).middleRows(j0, j1 - j0),
                     DR.middleCols(j0, j1 - j0).transpose(), YA);
           }
-          for (Index j = j0; j < j1; ++j) {
-            T s = 0;
-            for (Index i = 0; i < n; ++i) s += dR[i * C + j];
-            if (cfg.full_softmax) gby_full[j] += s;
-            else sc1[j] = s;  // column sums = bias gradients
+          // column sums = bias gradients, row by row (vectorised; each column still sums its rows
+          // in increasing order, as a column loop would)
+          T* __restrict cs = sc1.data();
+          for (Index j = j0; j < j1; ++j) cs[j] = T(0);
+          for (Index i = 0; i < n; ++i) {
+            const T* __restrict d = dR.data() + i * C;
+            for (Index j = j0; j < j1; ++j) cs[j] += d[j];
+          }
+          if (cfg.full_softmax) {
+            for (Index j = j0; j < j1; ++j) gby_full[j] += cs[j];
           }
         }
       });
