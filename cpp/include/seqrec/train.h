@@ -195,7 +195,12 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
       lq(cfg.full_softmax ? 0 : Cmax);
   std::vector<std::int32_t> act, cols(cfg.full_softmax ? 0 : Cmax), pos(B), slots;
   std::vector<T> gWy_full(cfg.full_softmax ? N * HL : 0), gby_full(cfg.full_softmax ? N : 0);
-  RowAccum<T> acc_y(N, HL), acc_by(N, 1);
+  RowAccum<T> acc_y(N, HL);
+  // b_y's row gradients, by acc_y's slots: the rows the score steps register are a prefix of
+  // acc_y's (the input rows of a constrained embedding come after them), so the bias needs no
+  // second assignment (a serial pass over the C columns of every step) of its own
+  std::vector<T> g_by;
+  Index n_by = 0;
   RowAccum<T> acc_in(N, onehot ? G * m.H[0] : (m.embedding == Embedding::Separate ? I0 : 1));
   const T inv_batch = T(1) / T(cfg.batch_size);
   // item features: effective rows of the window (constant within it), dP and gather scratch
@@ -357,8 +362,11 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
       if (!cfg.full_softmax) {
         acc_y.assign(cols.data(), C, slots);
         acc_y.add(slots, dO.data(), HL, nullptr, 0, nt);
-        acc_by.assign(cols.data(), C, slots);
-        acc_by.add(slots, sc1.data(), 1, nullptr, 0, 1);
+        const Index r0 = n_by;
+        n_by = acc_y.size();
+        if (static_cast<Index>(g_by.size()) < n_by) g_by.resize(static_cast<size_t>(std::max(n_by, 2 * r0)));
+        std::fill(g_by.begin() + r0, g_by.begin() + n_by, T(0));
+        for (Index j = 0; j < C; ++j) g_by[slots[j]] += sc1[j];  // in column order
       }
       for (Index i = 0; i < n; ++i) {
         std::copy(dYa.data() + i * HL, dYa.data() + (i + 1) * HL,
@@ -438,7 +446,7 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
       dense(m.b_y, gby_full.data(), N);
     } else {
       lazy(m.W_y, acc_y);
-      lazy(m.b_y, acc_by);
+      updates.push_back({m.b_y.p, g_by.data(), m.b_y.s1, m.b_y.s2, n_by, 1, acc_y.rows()});
     }
     if (onehot) lazy(m.W_x[0], acc_in);
     else if (m.embedding == Embedding::Separate) lazy(m.E_in, acc_in);
@@ -448,7 +456,7 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
       std::fill(gby_full.begin(), gby_full.end(), T(0));
     }
     acc_y.clear();
-    acc_by.clear();
+    n_by = 0;
     acc_in.clear();
     res.updates += 1;
     // 7. carry the (dropped-out) last state into the next window
