@@ -171,10 +171,12 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
       // The entering state was zeroed where reset[t] is set: its gradient stops there.
       for (Index r = r0; r < r1; ++r) {
         const bool cut = (rt && rt[r]) || !need;
-        for (Index j = 0; j < H; ++j) carry_h[r * H + j] = cut ? T(0) : dhp[r * H + j];
-        if constexpr (K == Cell::LSTM) {
-          for (Index j = 0; j < H; ++j) carry_c[r * H + j] = cut ? T(0) : dcp[r * H + j];
-        }
+        auto carry = [&](T* dst, const T* src) {
+          if (cut) std::fill(dst + r * H, dst + (r + 1) * H, T(0));
+          else std::copy(src + r * H, src + (r + 1) * H, dst + r * H);
+        };
+        carry(carry_h, dhp.data());
+        if constexpr (K == Cell::LSTM) carry(carry_c, dcp.data());
       }
       if (dX && !x_idx) {
         product(p.bf16, MapR<T>(dX + t * B * I + r0 * I, n, I), CMapR<T>(dA_t + r0 * GH, n, GH),
@@ -186,15 +188,16 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
   CMapR<T> DA(dA, TB, GH);
   CMapR<T> Hin(cache.h_in, TB, H);
   MapR<T> DWh(dW_h, upd ? 0 : H, GH);
-  VecMap<T> DB(db, GH);
   // Bias gradient of columns [c0, c1): column sums of dA. Plain loop: Eigen's vectorised
   // colwise().sum() peels by alignment, which would make the sum order (and the last bits)
-  // depend on where the buffer was allocated.
+  // depend on where the buffer was allocated. Restrict pointers: the loop vectorises across
+  // columns (each column still sums its rows in order).
   auto bias_sums = [&](Index c0, Index c1) {
-    for (Index c = c0; c < c1; ++c) DB[c] = T(0);
+    T* __restrict sums = db;
+    for (Index c = c0; c < c1; ++c) sums[c] = T(0);
     for (Index r = 0; r < TB; ++r) {
-      const T* row = dA + r * GH;
-      for (Index c = c0; c < c1; ++c) DB[c] += row[c];
+      const T* __restrict row = dA + r * GH;
+      for (Index c = c0; c < c1; ++c) sums[c] += row[c];
     }
   };
   if (upd) {
