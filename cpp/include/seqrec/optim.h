@@ -70,19 +70,22 @@ void update_span(const OptConfig& c, Index n, T* __restrict p, const T* __restri
 
 namespace detail {
 // Rows [k0, k1) of a lazy row update (see row_update).
+// Row k's gradient: gp[k] when given, else G + k·W.
 template <class T>
 void row_update_range(const OptConfig& c, Index W, const std::int32_t* rows, Index k0, Index k1,
-                      const T* G, T* p, T* s1, T* s2, T bc1, T bc2) {
+                      const T* G, T* p, T* s1, T* s2, T bc1, T bc2, const T* const* gp = nullptr) {
   if (k1 <= k0) return;
   if (W == 1) {
     // a bias column: gather, update as one span, scatter
-    std::vector<T> pp(k1 - k0), a1(k1 - k0), a2(s2 ? k1 - k0 : 0);
+    std::vector<T> pp(k1 - k0), a1(k1 - k0), a2(s2 ? k1 - k0 : 0), gg(gp ? k1 - k0 : 0);
     for (Index k = k0; k < k1; ++k) {
       pp[k - k0] = p[rows[k]];
+      if (gp) gg[k - k0] = *gp[k];
       a1[k - k0] = s1[rows[k]];
       if (s2) a2[k - k0] = s2[rows[k]];
     }
-    update_span(c, k1 - k0, pp.data(), G + k0, a1.data(), s2 ? a2.data() : nullptr, bc1, bc2);
+    update_span(c, k1 - k0, pp.data(), gp ? gg.data() : G + k0, a1.data(), s2 ? a2.data() : nullptr,
+                bc1, bc2);
     for (Index k = k0; k < k1; ++k) {
       p[rows[k]] = pp[k - k0];
       s1[rows[k]] = a1[k - k0];
@@ -92,7 +95,7 @@ void row_update_range(const OptConfig& c, Index W, const std::int32_t* rows, Ind
   }
   for (Index k = k0; k < k1; ++k) {
     const Index o = Index(rows[k]) * W;
-    update_span(c, W, p + o, G + k * W, s1 + o, s2 ? s2 + o : nullptr, bc1, bc2);
+    update_span(c, W, p + o, gp ? gp[k] : G + k * W, s1 + o, s2 ? s2 + o : nullptr, bc1, bc2);
   }
 }
 }  // namespace detail
@@ -120,6 +123,7 @@ struct UpdateItem {
   Index n;
   Index W = 1;
   const std::int32_t* rows = nullptr;
+  const T* const* gp = nullptr;  // a row update's gradient rows by pointer (then g is unused)
 };
 
 // Every update of a training step in one parallel loop (instead of one loop per tensor: ~5 fewer
@@ -138,7 +142,7 @@ void apply_updates(const OptConfig& c, const std::vector<UpdateItem<T>>& items, 
       const Index a = k0 * it.n / parts, b = k1 * it.n / parts;
       if (b <= a) continue;
       if (it.rows) {
-        detail::row_update_range(c, it.W, it.rows, a, b, it.g, it.p, it.s1, it.s2, bc1, bc2);
+        detail::row_update_range(c, it.W, it.rows, a, b, it.g, it.p, it.s1, it.s2, bc1, bc2, it.gp);
       } else {
         update_span(c, b - a, it.p + a, it.g + a, it.s1 + a, it.s2 ? it.s2 + a : nullptr, bc1, bc2);
       }
