@@ -26,6 +26,13 @@ counts of the evaluation; items and scores of the recommendations) -- the thread
 fixed by the thread count, not by which thread happens to run them.
 
     python bench/bench_contention.py [--quick] [--repeats R]   # table + bench/results/contention.jsonl
+    python bench/bench_contention.py --paired 40 [--settings rsc15 yoochoose diginetica]
+
+``--paired N`` measures the quiet 2-thread / 1-thread ratio of training steps at each official
+setting (bench_train.SETTINGS) the way a noisy shared host allows: one process alternates a 1-thread
+and a 2-thread run N times (the same pre-drawn steps, each from the same initial state), so each
+2-thread run has a 1-thread neighbour seconds apart; it prints medians, p10 / p90 and the median of
+the paired ratios (the host slows a run down, never up, so p90 is the quieter machine's figure).
     pytest bench/bench_contention.py --benchmark-only            # group "contention"
 """
 
@@ -208,6 +215,67 @@ def measure(cases=CASES, quick: bool = False, repeats: int = 3, threads=THREADS,
     return rows
 
 
+def paired_scaling(settings=("rsc15", "yoochoose", "diginetica"), rounds: int = 40,
+                   steps: int | None = None) -> list[dict]:
+    """Quiet 2-thread / 1-thread training, 1- and 2-thread runs alternated in this process (see the
+    module docstring). Every 2-thread result is checked bit-identical across rounds."""
+    import bench_train as bt
+
+    default_steps = {"rsc15": 300, "yoochoose": 60, "diginetica": 40}
+    saved = dict(bt.SETTING)
+    rows = []
+    try:
+        for name in settings:
+            bt.SETTING.clear()
+            bt.SETTING.update(bt.SETTINGS[name])
+            case = bt.build_case(n_steps=steps or default_steps.get(name, 60),
+                                 data_path=bt.setting_data_path(name))
+            rates: dict = {1: [], 2: []}
+            ref: dict = {}
+            for r in range(rounds + 1):  # round 0 warms up and keeps the reference results
+                for nt in THREADS:
+                    state = case.fresh_state()
+                    t0 = time.perf_counter()
+                    bt.run_cpp(case, state, nt)
+                    dt = time.perf_counter() - t0
+                    params = [p.copy() for p in state[0]]
+                    if r == 0:
+                        ref[nt] = params
+                        continue
+                    if not _same(params, ref[nt]):
+                        raise AssertionError(f"{name}: {nt}-thread training differs between rounds")
+                    rates[nt].append(case.n_events / dt)
+            paired = sorted(b / a for a, b in zip(rates[1], rates[2]))
+
+            def pct(xs, f):
+                xs = sorted(xs)
+                return xs[round(f * (len(xs) - 1))]
+
+            row = {"case": f"train {name} setting", "mode": "quiet, paired", "unit": "events/s",
+                   "rounds": rounds, "steps": int(case.x.shape[0]), "data": case.source,
+                   "paired_ratio_median": statistics.median(paired), "paired_ratio_p90": pct(paired, 0.9)}
+            for nt in THREADS:
+                row[f"{nt}t"] = {"median": statistics.median(rates[nt]), "p10": pct(rates[nt], 0.1),
+                                 "p90": pct(rates[nt], 0.9), "samples": rates[nt]}
+            rows.append(row)
+            print(f"  {name}: done", file=sys.stderr)
+    finally:
+        bt.SETTING.clear()
+        bt.SETTING.update(saved)
+    return rows
+
+
+def paired_table(rows: list[dict]) -> str:
+    lines = ["| setting | 1 thread median (p10–p90) | 2 threads median (p10–p90) | 2t / 1t paired, median | p90 |",
+             "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        a, b = r["1t"], r["2t"]
+        lines.append(f"| {r['case']} ({r['rounds']} rounds, {r['steps']} steps) | {a['median']:,.0f} "
+                     f"({a['p10']:,.0f}–{a['p90']:,.0f}) | {b['median']:,.0f} ({b['p10']:,.0f}–"
+                     f"{b['p90']:,.0f}) | {r['paired_ratio_median']:.2f} | {r['paired_ratio_p90']:.2f} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     from seqrec_fast import _core
 
@@ -238,10 +306,22 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None,
                     help="training steps per run (default 300, ~0.15 s on 1 thread; quick 40): longer "
                          "runs weigh the pool's back-off probes as a real epoch does")
+    ap.add_argument("--paired", type=int, metavar="N", default=None,
+                    help="instead of the matrix: quiet 2t / 1t training, N alternated rounds per setting")
+    ap.add_argument("--settings", nargs="+", default=["rsc15", "yoochoose", "diginetica"],
+                    choices=["rsc15", "yoochoose", "diginetica"], help="settings for --paired")
     ap.add_argument("--no-record", action="store_true", help="do not append to bench/results/")
     args = ap.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         ap.error("--steps must be >= 1")
+    if args.paired is not None:
+        if args.paired < 1:
+            ap.error("--paired must be >= 1")
+        rows = paired_scaling(args.settings, args.paired, args.steps)
+        print(paired_table(rows))
+        if not args.no_record:
+            print(f"records: {write_records('contention', rows)}")
+        return 0
     repeats = args.repeats or (2 if args.quick else 5)
     rows = measure(args.cases, args.quick, repeats, steps=args.steps)
     print(table(rows))
@@ -274,6 +354,15 @@ if pytest is not None:
             assert _same(result, ref[nt]), f"{name}: result beside a busy process differs"
             benchmark.extra_info.update({"case": name, "threads": nt, "competitor": "1 busy process"})
             benchmark.pedantic(run, args=(nt,), rounds=3, iterations=1)
+
+    @pytest.mark.benchmark(group="contention")
+    def test_paired_scaling(benchmark):
+        # --paired on a few steps: 1- and 2-thread runs alternated, each checked bit-identical
+        # across rounds, ratios reported
+        rows = benchmark.pedantic(paired_scaling, args=(("rsc15",), 2, 5), rounds=1, iterations=1)
+        (row,) = rows
+        assert row["rounds"] == 2 and len(row["2t"]["samples"]) == 2
+        assert row["paired_ratio_median"] > 0 and "|" in paired_table(rows)
 
 
 if __name__ == "__main__":
