@@ -16,6 +16,7 @@
 #include "seqrec/gemm.h"
 #include "seqrec/parallel.h"
 #include "seqrec/rank.h"
+#include "seqrec/sampling.h"
 #include "seqrec/sequence.h"
 #include "seqrec/topk.h"
 #include "seqrec/train.h"
@@ -1045,6 +1046,32 @@ void opt_update_rows_impl(const Args& args, seqrec::OptConfig oc, py::handle row
   }
 }
 
+// The alias method's last step (sampling.h) for AliasSampler.draw.
+py::array alias_pick(py::object col_, py::object u_, py::object prob_, py::object alias_) {
+  Args a{"alias_pick"};
+  auto prob = a.array<double>(prob_, "prob", {ANY}, "(n,)");
+  const Index n = prob.shape(0);
+  auto alias = a.array<std::int32_t>(alias_, "alias", {n}, "(n,), as prob");
+  const py::ssize_t nd = py::isinstance<py::array>(col_) ? py::reinterpret_borrow<py::array>(col_).ndim() : 1;
+  auto col = a.array<std::int32_t>(col_, "col", std::vector<Index>(static_cast<size_t>(nd), ANY), "(...)");
+  std::vector<Index> shape(col.shape(), col.shape() + col.ndim());
+  auto u = a.array<double>(u_, "u", shape, "the shape of col");
+  py::array out = py::array(py::dtype::of<std::int32_t>(), std::vector<py::ssize_t>(shape.begin(), shape.end()));
+  const Index count = static_cast<Index>(col.size());
+  Index bad;
+  {
+    py::gil_scoped_release release;
+    bad = seqrec::alias_pick(count, cptr<std::int32_t>(col), cptr<double>(u), n, cptr<double>(prob),
+                             cptr<std::int32_t>(alias), ptr<std::int32_t>(out));
+  }
+  if (bad >= 0) {
+    throw py::index_error("alias_pick: col holds " + std::to_string(cptr<std::int32_t>(col)[bad]) +
+                          " at flat position " + std::to_string(bad) + "; expected values in [0, " +
+                          std::to_string(n) + ")");
+  }
+  return out;
+}
+
 void opt_update_rows(py::dict config, long long step, py::object rows, py::object G, py::object p,
                      py::object s1, py::object s2, int num_threads) {
   Args a{"opt_update_rows"};
@@ -1654,6 +1681,10 @@ PYBIND11_MODULE(SEQREC_MODULE_NAME, m) {
         "R (n, C) float32/float64 scores; pos (n,) int32 column of each row's positive;\n"
         "config: loss ('cross-entropy', 'bpr-max', 'top1-max'), elu_param, bpreg.\n"
         "Returns (loss (n,), grad (n, C)), before division by the batch size.");
+  m.def("alias_pick", &alias_pick, py::arg("col"), py::arg("u"), py::arg("prob"), py::arg("alias"),
+        "The alias method's last step: out = where(u < prob[col], col, alias[col]) in one pass.\n"
+        "col int32 (any shape, values in [0, n)), u float64 (the shape of col), prob float64 (n,),\n"
+        "alias int32 (n,). Returns int32 of col's shape. (AliasSampler.draw.)");
   m.def("opt_update_rows", &opt_update_rows, py::arg("config"), py::arg("step"), py::arg("rows"),
         py::arg("G"), py::arg("p"), py::arg("s1"), py::arg("s2"), py::arg("num_threads") = 1,
         "Lazy optimizer update, in place, of the distinct rows (r,) int32 of a table p (N, W) from\n"
