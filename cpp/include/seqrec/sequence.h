@@ -59,7 +59,7 @@ void layer_forward(Index Tn, Index B, const LayerParams<T>& p, const T* X, const
   const Index H = p.H, I = p.I, GH = G * H;
   CMapR<T> Wx(p.W_x, I, GH);
   CVecMap<T> bias(p.b, GH);
-  std::vector<T> scratch(K == Cell::GRU ? B * H : 0);
+  auto scratch = scratch_array<T>(K == Cell::GRU ? B * H : 0);  // written before read
   for (Index t = 0; t < Tn; ++t) {
     const T* prev_h = t == 0 ? h0 : cache.h_out + (t - 1) * B * H;
     const T* prev_c = K == Cell::LSTM ? (t == 0 ? c0 : cache.c_out + (t - 1) * B * H) : nullptr;
@@ -86,7 +86,7 @@ void layer_forward(Index Tn, Index B, const LayerParams<T>& p, const T* X, const
         std::copy(a + r0 * GH, a + r1 * GH, h_out + r0 * H);
       } else if constexpr (K == Cell::GRU) {
         gru_step_forward(n, H, a + r0 * GH, h_in + r0 * H, p.W_h, h_out + r0 * H,
-                         scratch.data() + r0 * H, p.bf16);
+                         scratch.get() + r0 * H, p.bf16);
       } else {
         T* c_in = cache.c_in + t * B * H;
         detail::masked_copy(r0, r1, H, prev_c, rt, c_in);
@@ -140,11 +140,12 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
   constexpr int G = gate_count(K);
   const Index H = p.H, I = p.I, GH = G * H, TB = Tn * B;
   CMapR<T> Wx(p.W_x, I, GH);
-  std::vector<T> dA_own(dA_out ? 0 : TB * GH);
-  T* dA = dA_out ? dA_out : dA_own.data();
-  std::vector<T> dh(B * H), dhp(B * H);
-  std::vector<T> rh(K == Cell::GRU ? TB * H : 0), drh(K == Cell::GRU ? B * H : 0);
-  std::vector<T> dcp(K == Cell::LSTM ? B * H : 0);
+  // scratch written before it is read (dhp and dcp are read only where the step wrote them)
+  auto dA_own = scratch_array<T>(dA_out ? 0 : TB * GH);
+  T* dA = dA_out ? dA_out : dA_own.get();
+  auto dh = scratch_array<T>(B * H), dhp = scratch_array<T>(B * H);
+  auto rh = scratch_array<T>(K == Cell::GRU ? TB * H : 0), drh = scratch_array<T>(K == Cell::GRU ? B * H : 0);
+  auto dcp = scratch_array<T>(K == Cell::LSTM ? B * H : 0);
   for (Index t = Tn - 1; t >= 0; --t) {
     const std::uint8_t* rt = reset ? reset + t * B : nullptr;
     const Index o = t * B * H;
@@ -153,20 +154,20 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
     const bool need = t > 0 || want_dh0;
     parallel_for(B, num_threads, [&](Index r0, Index r1) {
       const Index n = r1 - r0, ro = r0 * H;
-      MapR<T> DH(dh.data() + ro, n, H);
+      MapR<T> DH(dh.get() + ro, n, H);
       DH = CMapR<T>(dOut + o + ro, n, H) + CMapR<T>(carry_h + ro, n, H);
       if (drop) DH.array() *= CMapR<T>(drop + o + ro, n, H).array();
       if constexpr (K == Cell::RNN) {
-        rnn_step_backward(n, H, dh.data() + ro, g_t + r0 * GH, p.W_h, dA_t + r0 * GH,
-                          dhp.data() + ro, p.bf16, need);
+        rnn_step_backward(n, H, dh.get() + ro, g_t + r0 * GH, p.W_h, dA_t + r0 * GH,
+                          dhp.get() + ro, p.bf16, need);
       } else if constexpr (K == Cell::GRU) {
-        gru_step_backward(n, H, dh.data() + ro, g_t + r0 * GH, cache.h_in + o + ro, p.W_h,
-                          dA_t + r0 * GH, dhp.data() + ro, rh.data() + o + ro, drh.data() + ro,
+        gru_step_backward(n, H, dh.get() + ro, g_t + r0 * GH, cache.h_in + o + ro, p.W_h,
+                          dA_t + r0 * GH, dhp.get() + ro, rh.get() + o + ro, drh.get() + ro,
                           p.bf16, need);
       } else {
-        lstm_step_backward(n, H, dh.data() + ro, carry_c + ro, g_t + r0 * GH, cache.c_in + o + ro,
-                           cache.c_out + o + ro, p.W_h, dA_t + r0 * GH, dhp.data() + ro,
-                           dcp.data() + ro, p.bf16, need);
+        lstm_step_backward(n, H, dh.get() + ro, carry_c + ro, g_t + r0 * GH, cache.c_in + o + ro,
+                           cache.c_out + o + ro, p.W_h, dA_t + r0 * GH, dhp.get() + ro,
+                           dcp.get() + ro, p.bf16, need);
       }
       // The entering state was zeroed where reset[t] is set: its gradient stops there.
       for (Index r = r0; r < r1; ++r) {
@@ -175,8 +176,8 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
           if (cut) std::fill(dst + r * H, dst + (r + 1) * H, T(0));
           else std::copy(src + r * H, src + (r + 1) * H, dst + r * H);
         };
-        carry(carry_h, dhp.data());
-        if constexpr (K == Cell::LSTM) carry(carry_c, dcp.data());
+        carry(carry_h, dhp.get());
+        if constexpr (K == Cell::LSTM) carry(carry_c, dcp.get());
       }
       if (dX && !x_idx) {
         product(p.bf16, MapR<T>(dX + t * B * I + r0 * I, n, I), CMapR<T>(dA_t + r0 * GH, n, GH),
@@ -213,7 +214,7 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
     const Index nx = (upd->Wx && !x_idx) ? I : 0;  // rows of W_x updated here
     const Index rb = std::max<Index>(1, Index(512 * 1024 / sizeof(T)) / std::max<Index>(GH, 1));
     CMapR<T> Xm(X, nx > 0 ? TB : 0, nx > 0 ? I : 0);
-    CMapR<T> RH(rh.data(), K == Cell::GRU ? TB : 0, H);
+    CMapR<T> RH(rh.get(), K == Cell::GRU ? TB : 0, H);
     const Index rows = nx + H;
     parallel_for(
         rows, num_threads,
@@ -270,7 +271,7 @@ void layer_backward(Index Tn, Index B, const LayerParams<T>& p, const T* X,
           if (s > c0) product(p.bf16, DWh.middleCols(c0, s - c0), Hin.transpose(), DA.middleCols(c0, s - c0));
           const Index s2 = std::max(c0, 2 * H);
           if (c1 > s2) {
-            CMapR<T> RH(rh.data(), TB, H);
+            CMapR<T> RH(rh.get(), TB, H);
             product(p.bf16, DWh.middleCols(s2, c1 - s2), RH.transpose(), DA.middleCols(s2, c1 - s2));
           }
         } else {

@@ -125,7 +125,8 @@ class RowAccum {
     const Index n = static_cast<Index>(slots.size());
     const Index R = size();
     const Index W = W_;
-    parallel_for(R, nt, [&](Index s0, Index s1) {
+    // a few rows (e.g. the window's input rows at B = 32) are not worth a parallel loop
+    parallel_for(R, n * W < 32768 ? 1 : nt, [&](Index s0, Index s1) {
       for (Index e = 0; e < n; ++e) {
         const std::int32_t s = slots[e];
         if (s < s0 || s >= s1) continue;  // also skips −1
@@ -250,7 +251,8 @@ ChunkResult train_chunk(const TrainModel<T>& m, const TrainConfig& cfg, const Ch
           if (dmask) for (Index j = 0; j < I0; ++j) dst[j] = src[j] * dmask[e * I0 + j];
           else std::copy(src, src + I0, dst);
         }
-      }, 8);
+      }, std::max<Index>(8, 8192 / std::max<Index>(I0, 1)));  // ≥ 32 KiB a chunk: a small copy
+                                                                // is not worth a parallel loop
     }
     // 2. recurrent forward, layer by layer over the window
     for (Index l = 0; l < L; ++l) {

@@ -6,6 +6,7 @@
 #include <Eigen/Core>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 namespace seqrec {
 
@@ -19,6 +20,12 @@ template <class T>
 using CMapR = Eigen::Map<const MatR<T>>;
 template <class T>
 using VecMap = Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>;
+// A scratch array of n elements left uninitialised (std::vector<T>(n) zero-fills it first), for
+// buffers every element of which is written before it is read.
+template <class T>
+std::unique_ptr<T[]> scratch_array(Index n) {
+  return std::unique_ptr<T[]>(new T[static_cast<size_t>(n > 0 ? n : 0)]);
+}
 template <class T>
 using CVecMap = Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>;
 
